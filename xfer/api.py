@@ -1,0 +1,314 @@
+"""The Python face of xfer: `fit(...) -> Run`, `load(path) -> Run`, `Run.predict`, `Run.evaluate`.
+
+`fit` is the pipeline end to end: data -> source -> transfer -> plan -> train -> evaluate (-> baseline) -> run folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from xfer import runs
+from xfer.config import FitConfig, make_config
+from xfer.data import load_task
+from xfer.data.loaders import (ImageBatches, TensorBatches, TextBatches, TextPrep, batches, image_prep,
+                               load_tokenizer, prep_from_dict)
+from xfer.data.task import Split, Task
+from xfer.errors import XferError
+from xfer.evaluate import classification_metrics, transfer_gain
+from xfer.features import cache_key, cached_features
+from xfer.models import TransferModel, build_image_model, build_text_model
+from xfer.sources import DEFAULT_SOURCE, LoadedSource, load_source, resolve_source
+from xfer.strategies import make_plan, Plan
+from xfer.train import LoopConfig, make_accelerator, predict_logits, seed_everything, train_phase
+from xfer.transfer import TransferReport, transfer
+
+SPEC_FORMAT = 1
+
+
+@dataclass
+class Run:
+    """A trained model with its labels and preprocessing: what a run folder holds, in memory."""
+
+    model: TransferModel
+    spec: dict
+    path: Path | None = None
+    metrics: dict = field(default_factory=dict)
+    report: TransferReport | None = None
+    history: list = field(default_factory=list)
+    _tokenizer: object = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.spec["labels"])
+
+    @property
+    def prep(self):
+        return prep_from_dict(self.spec["prep"])
+
+    def _dataset(self, split: Split):
+        if self.spec["modality"] == "image":
+            return ImageBatches(split, self.prep)
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.path / "backbone")
+        return TextBatches(split, self._tokenizer, self.prep)
+
+    def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
+        acc = make_accelerator(precision)
+        self.model.to(acc.device)
+        return predict_logits(self.model, batches(self._dataset(split), batch_size, shuffle=False), acc,
+                              self.spec["modality"] == "image")
+
+    def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
+        """Predict labels for image paths / arrays (image runs) or strings (text runs)."""
+        items = list(inputs)
+        if not items:
+            return []
+        if self.spec["modality"] == "text":
+            empty = [i for i, t in enumerate(items) if not str(t).strip()]
+            if empty:
+                raise XferError(f"Input(s) {empty[:10]} are empty strings; give non-empty text.")
+            items = [str(t) for t in items]
+        else:
+            missing = [str(p) for p in items if not isinstance(p, np.ndarray) and not Path(p).is_file()]
+            if missing:
+                raise XferError(f"Image file(s) not found: {', '.join(missing[:10])}.")
+        probs = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size).softmax(1)
+        top = probs.argmax(1)
+        return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": self.labels[int(k)],
+                 "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+
+    def evaluate(self, data: str, **columns) -> dict:
+        """Metrics on a labelled file or folder (all of it is treated as test data)."""
+        items, raw = _whole_as_test(data, columns)
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        unknown = sorted(set(raw) - set(index))
+        if unknown:
+            raise XferError(f"{data} has labels the model does not know: {unknown[:10]}. Known: {list(self.labels)}.")
+        y = np.array([index[v] for v in raw], dtype=np.int64)
+        logits = self.logits(Split(items, y))
+        return classification_metrics(y, logits.argmax(1).numpy(), self.labels)
+
+
+def _whole_as_test(data: str, columns: dict):
+    """Read every example of a labelled data source, with no split."""
+    from xfer.data import readers
+
+    if data.startswith("builtin:"):
+        raise XferError("Evaluate a run on a built-in set with the metrics fit saved (metrics.json), or give a file.")
+    path = readers._existing(data, "data")
+    if path.is_dir():
+        _, items, raw, _ = readers._read_image_folder(path)
+    else:
+        _, items, raw, _ = readers._read_table(path, **columns)
+    return items, raw
+
+
+def _log(cfg: FitConfig) -> Callable[[str], None]:
+    if cfg.quiet:
+        return lambda msg: None
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return lambda msg: console.print(msg)
+
+
+def build_model(spec: dict, hf_dir: Path | None = None) -> TransferModel:
+    """Rebuild the target architecture from a run spec (no source download needed)."""
+    if spec["modality"] == "image":
+        return build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
+                                 spec["prep"]["size"])
+    return build_text_model(hf_dir, len(spec["labels"]), spec["dropout"])
+
+
+def _datasets(task: Task, spec: dict, tokenizer) -> dict:
+    prep = prep_from_dict(spec["prep"])
+    make = (lambda s: ImageBatches(s, prep)) if task.modality == "image" else (lambda s: TextBatches(s, tokenizer, prep))
+    return {name: make(getattr(task, name)) for name in ("train", "val", "test")}
+
+
+def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, feature_id: str | None,
+             tasks: Task, log) -> list[dict]:
+    """Run every phase of a plan; head-only cached phases train on stored features."""
+    loop = LoopConfig(cfg.batch_size, cfg.optimizer, cfg.weight_decay, cfg.warmup, cfg.label_smoothing,
+                      cfg.grad_clip, cfg.patience, cfg.grad_accum, cfg.channels_last, cfg.seed, cfg.quiet)
+    acc = make_accelerator(cfg.precision, cfg.grad_accum)
+    history: list[dict] = []
+    for i, phase in enumerate(plan.phases):
+        seed_everything(cfg.seed + i)
+        names = phase.trainable(model)
+        if phase.cached_features:
+            feats = {}
+            for split in ("train", "val"):
+                loader = batches(data[split], 256, shuffle=False, num_workers=cfg.num_workers)
+                key = cache_key(feature_id, getattr(tasks, split), data["prep"]) if feature_id else None
+                feats[split] = TensorBatches(cached_features(model, loader, acc, key, log), data[split].labels)
+            train = batches(feats["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)
+            val = batches(feats["val"], 1024, shuffle=False)
+            recs = train_phase(model.head, phase, {n[len("head."):] for n in names}, train, val, acc, loop, log)
+        else:
+            train = batches(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + i,
+                            num_workers=cfg.num_workers)
+            val = batches(data["val"], cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
+            recs = train_phase(model, phase, names, train, val, acc, loop, log)
+        history += [r.__dict__ for r in recs]
+    return history
+
+
+def _evaluate_splits(model, data: dict, labels, cfg: FitConfig) -> dict:
+    acc = make_accelerator(cfg.precision)
+    out = {}
+    for split in ("val", "test"):
+        loader = batches(data[split], cfg.batch_size * 2, shuffle=False)
+        logits = predict_logits(model, loader, acc, cfg.channels_last)
+        out[split] = classification_metrics(data[split].labels.numpy(), logits.argmax(1).numpy(), labels)
+    return out
+
+
+def _default_out(cfg: FitConfig, source: str, task: Task) -> Path:
+    data = Path(task.name.replace("builtin:", "")).stem
+    return Path("runs") / f"{data}-{source.replace(':', '_').replace('/', '_')}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
+    """Transfer a pretrained source to the task in `data`, fine-tune it, evaluate it, and save a run folder.
+
+    `config` is a FitConfig or a YAML file; keyword arguments override it (e.g. `fit(data="builtin:mnist5k")`).
+    """
+    if isinstance(config, FitConfig):
+        cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        cfg = make_config(config, **overrides)
+    log = _log(cfg)
+    seed_everything(cfg.seed)
+    if cfg.out:
+        runs.check_destination(Path(cfg.out), cfg.overwrite)
+    make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
+
+    task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
+                     image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
+                     test_fraction=cfg.test_fraction, seed=cfg.seed)
+    cfg = cfg.resolved(task.modality)
+    log(task.describe())
+    for note in task.notes:
+        log(f"[yellow]note:[/] {note}")
+    spec_src = resolve_source(cfg.source or DEFAULT_SOURCE[task.modality], cfg.arch)
+    if spec_src.modality != task.modality:
+        raise XferError(f"Source {spec_src.name!r} is a {spec_src.modality} model but {cfg.data!r} is {task.modality} "
+                        f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}.")
+    out = Path(cfg.out) if cfg.out else _default_out(cfg, spec_src.name, task)
+    runs.check_destination(out, cfg.overwrite)
+    source = load_source(spec_src)
+    log(f"source: {spec_src.name} ({spec_src.description})")
+
+    spec, tokenizer = _make_spec(cfg, task, source)
+    model = build_model(spec, source.hf_dir)
+    report = transfer(source.state_dict, model, allow_partial=cfg.allow_partial_transfer)
+    s = report.summary()
+    log(f"transfer: {s['copied']} copied, {s['adapted']} adapted, {s['re-initialised']} re-initialised, "
+        f"{s['skipped']} skipped; {s['backbone_fraction']:.1%} of backbone parameters from the source "
+        f"(matched by {s['method']})")
+
+    data = _datasets(task, spec, tokenizer)
+    data["prep"] = spec["prep"]
+    plan = make_plan(cfg.strategy, cfg)
+    start = time.perf_counter()
+    history = run_plan(model, plan, data, cfg, f"{spec_src.name}:{spec_src.sha256}", task, log)
+    train_seconds = time.perf_counter() - start
+    metrics = _evaluate_splits(model, data, task.labels, cfg)
+    metrics["train_seconds"] = train_seconds
+    log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
+        f"(trained in {train_seconds:.0f}s)")
+
+    if cfg.baseline:
+        metrics["baseline"] = _baseline(cfg, spec, source, data, task, plan, log)
+        metrics["transfer_gain"] = transfer_gain(metrics["test"]["accuracy"], metrics["baseline"]["test"]["accuracy"])
+        g = metrics["transfer_gain"]
+        flag = "  [bold red]NEGATIVE TRANSFER[/]" if g["negative_transfer"] else ""
+        log(f"baseline (from scratch) test accuracy {metrics['baseline']['test']['accuracy']:.4f}; "
+            f"gain of transfer {g['gain']:+.4f}{flag}")
+
+    run = Run(model.cpu().to(memory_format=torch.contiguous_format), spec, out, metrics, report, history, tokenizer)
+    _save(run, cfg, source)
+    log(f"run saved to {out}")
+    return run
+
+
+def _make_spec(cfg: FitConfig, task: Task, source: LoadedSource) -> tuple[dict, object]:
+    tokenizer = None
+    if task.modality == "image":
+        prep = image_prep(source.data_config, task.channels, task.train.items, cfg.image_size).to_dict()
+    else:
+        tokenizer = load_tokenizer(source.hf_dir)
+        prep = TextPrep(cfg.max_length).to_dict()
+    spec = {
+        "format": SPEC_FORMAT, "modality": task.modality, "arch": source.spec.arch, "labels": list(task.labels),
+        "prep": prep, "dropout": cfg.dropout, "strategy": cfg.strategy,
+        "source": {"name": source.spec.name, "sha256": source.spec.sha256, "origin": source.spec.origin},
+    }
+    return spec, tokenizer
+
+
+def _baseline(cfg, spec, source, data, task, plan, log) -> dict:
+    """The same architecture from random initialisation, trained with the same full-network budget."""
+    log("[bold]baseline:[/] same architecture from scratch, same budget")
+    seed_everything(cfg.seed)
+    model = build_model(spec, source.hf_dir)
+    base_cfg = replace(cfg, strategy="full", epochs=max(1, plan.backbone_epochs))
+    start = time.perf_counter()
+    history = run_plan(model, make_plan("full", base_cfg), data, base_cfg, None, task, log)
+    metrics = _evaluate_splits(model, data, task.labels, cfg)
+    metrics["train_seconds"] = time.perf_counter() - start
+    metrics["history"] = history
+    metrics["epochs"] = base_cfg.epochs
+    return metrics
+
+
+def _save(run: Run, cfg: FitConfig, source: LoadedSource) -> None:
+    with runs.new_run(run.path, cfg.overwrite) as tmp:
+        runs.save_weights(tmp, run.model.state_dict())
+        runs.write_json(tmp / runs.SPEC, run.spec)
+        runs.write_yaml(tmp / "config.yaml", replace(cfg, out=str(run.path)).to_dict())
+        runs.write_json(tmp / "metrics.json", _flat_metrics(run.metrics))
+        runs.write_json(tmp / "history.json", run.history)
+        runs.write_json(tmp / "transfer_report.json", run.report.to_dict())
+        if run.spec["modality"] == "text":
+            # The encoder's config and tokenizer travel with the run: eval/predict need no source download.
+            (tmp / "backbone").mkdir()
+            run.model.backbone.config.save_pretrained(tmp / "backbone")
+            run._tokenizer.save_pretrained(str(tmp / "backbone"))
+    if run.spec["modality"] == "text":
+        run._tokenizer = None  # reload from the run folder when needed
+
+
+def _flat_metrics(m: dict) -> dict:
+    out = dict(m)
+    out["test.accuracy"] = m["test"]["accuracy"]
+    out["test.macro_f1"] = m["test"]["macro_f1"]
+    if "baseline" in m:
+        out["baseline.test.accuracy"] = m["baseline"]["test"]["accuracy"]
+    return out
+
+
+def load(path: str | Path) -> Run:
+    """Load a run folder after verifying its checksums; weights come only from safetensors."""
+    path = Path(path)
+    runs.verify_run(path)
+    spec = runs.read_json(path, runs.SPEC)
+    if spec.get("format") != SPEC_FORMAT:
+        raise XferError(f"{path} was written by an incompatible xfer version (spec format {spec.get('format')}).")
+    model = build_model(spec, path / "backbone")
+    state = runs.load_weights(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise XferError(f"Weights in {path} do not fit the architecture in its spec: {str(e)[:300]}") from e
+    model.eval()
+    metrics = runs.read_json(path, "metrics.json") if (path / "metrics.json").exists() else {}
+    return Run(model, spec, path, metrics)

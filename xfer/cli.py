@@ -1,0 +1,231 @@
+"""The `xfer` command: a thin layer over xfer.api. Options of `fit` are generated from FitConfig, so the CLI and the
+Python API can never disagree about what a fit accepts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from xfer.config import HELP, FitConfig
+from xfer.errors import XferError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _fit_options(func):
+    """One click option per FitConfig field; None defaults so only what the user typed overrides the YAML."""
+    for f in reversed(fields(FitConfig)):
+        name = "--" + f.name.replace("_", "-")
+        hint = f.type if not isinstance(f.type, str) else f.type
+        if "bool" in str(hint):
+            opt = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=HELP.get(f.name))
+        else:
+            kind = int if "int" in str(hint) else float if "float" in str(hint) else str
+            opt = click.option(name, f.name, type=kind, default=None, help=HELP.get(f.name))
+        func = opt(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="xfer")
+def cli():
+    """xfer: transfer learning for image and text classification."""
+    warnings.filterwarnings("ignore")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def sources(as_json: bool):
+    """List the sources that can be transferred from."""
+    from xfer.sources import ONLINE_FORMS, list_sources, _wheel_path
+
+    rows = []
+    for s in list_sources():
+        try:
+            installed = _wheel_path(s).exists()
+        except XferError:
+            installed = False
+        rows.append({"name": s.name, "modality": s.modality, "arch": s.arch, "offline": True,
+                     "installed": installed, "sha256": s.sha256, "description": s.description})
+    online = [{"name": form, "offline": False, "description": d} for form, d in zip(
+        ONLINE_FORMS, ["any timm model with pretrained weights (downloads)",
+                       "a Hugging Face encoder for text (downloads; safetensors only)",
+                       "a local .safetensors/.pt/.pth checkpoint (tensors only, never pickle)"])]
+    if as_json:
+        click.echo(json.dumps({"offline": rows, "online": online}, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title="Sources")
+    for c in ("name", "modality", "architecture", "weights", "description"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["modality"], r["arch"], "offline, sha256-pinned" if r["installed"] else
+                  "[red]not installed (make setup)[/]", r["description"])
+    for r in online:
+        t.add_row(r["name"], "", "", "online", r["description"])
+    _console().print(t)
+
+
+def print_report(report, console, limit: int = 15) -> None:
+    from rich.table import Table
+
+    s = report.summary()
+    t = Table(title=f"Transfer report: {s['backbone_fraction']:.1%} of backbone parameters from the source "
+                    f"(matched by {s['method']})")
+    for c in ("status", "tensors"):
+        t.add_column(c)
+    for k in ("copied", "adapted", "re-initialised", "skipped", "unused_source_tensors"):
+        t.add_row(k, str(s[k]))
+    console.print(t)
+    odd = [r for r in report.rows if r.status != "copied"]
+    if odd:
+        t = Table(title="Tensors not copied as they are")
+        for c in ("target", "status", "source", "reason"):
+            t.add_column(c)
+        for r in odd[:limit]:
+            t.add_row(r.target, r.status, r.source or "", r.reason)
+        if len(odd) > limit:
+            t.add_row(f"... {len(odd) - limit} more in transfer_report.json", "", "", "")
+        console.print(t)
+
+
+def print_metrics(metrics: dict, console, title: str = "Results") -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("model", "val acc", "test acc", "test macro-F1", "train s"):
+        t.add_column(c)
+    t.add_row("transfer", f"{metrics['val']['accuracy']:.4f}", f"{metrics['test']['accuracy']:.4f}",
+              f"{metrics['test']['macro_f1']:.4f}", f"{metrics.get('train_seconds', 0):.0f}")
+    if "baseline" in metrics:
+        b = metrics["baseline"]
+        t.add_row("from scratch", f"{b['val']['accuracy']:.4f}", f"{b['test']['accuracy']:.4f}",
+                  f"{b['test']['macro_f1']:.4f}", f"{b.get('train_seconds', 0):.0f}")
+    console.print(t)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(), default=None, help="YAML file with any of the options")
+@_fit_options
+def fit(config_file, **options):
+    """Transfer a pretrained source to your data, fine-tune, evaluate, and save a run folder."""
+    from xfer.api import fit as api_fit
+    from xfer.config import make_config
+
+    run = api_fit(make_config(config_file, **options))
+    if not run_quiet(options):
+        console = _console()
+        print_report(run.report, console)
+        print_metrics(run.metrics, console)
+        console.print(f"run folder: {run.path}")
+
+
+def run_quiet(options: dict) -> bool:
+    return bool(options.get("quiet"))
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--data", default=None, help="labelled file or folder to evaluate on (default: the saved test metrics)")
+@click.option("--text-column", default=None)
+@click.option("--image-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
+    """Evaluate a saved run (checksums are verified first)."""
+    from xfer.api import load
+
+    run = load(run_dir)
+    if data is None:
+        result = {k: run.metrics[k] for k in ("test.accuracy", "test.macro_f1", "baseline.test.accuracy")
+                  if k in run.metrics}
+        result["source"] = "metrics.json"
+    else:
+        m = run.evaluate(data, text_column=text_column, image_column=image_column, label_column=label_column)
+        result = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"], "per_class": m["per_class"],
+                  "confusion_matrix": m["confusion_matrix"], "data": data}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{run_dir}")
+    t.add_column("metric")
+    t.add_column("value")
+    for k, v in result.items():
+        if isinstance(v, float):
+            t.add_row(k, f"{v:.4f}")
+        elif k == "per_class":
+            for lab, pc in v.items():
+                t.add_row(f"  {lab}", f"P {pc['precision']:.3f}  R {pc['recall']:.3f}  F1 {pc['f1']:.3f}  "
+                                      f"n {pc['support']}")
+        elif k != "confusion_matrix":
+            t.add_row(k, str(v))
+    _console().print(t)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("inputs", nargs=-1)
+@click.option("--file", "input_file", type=click.Path(), default=None, help="a text file with one input per line")
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def predict(run_dir, inputs, input_file, as_json):
+    """Predict labels for images (paths) or texts (strings) with a saved run."""
+    from xfer.api import load
+    from xfer.data.readers import _decode
+
+    items = list(inputs)
+    if input_file:
+        p = Path(input_file)
+        if not p.exists():
+            raise XferError(f"Input file {p} does not exist.")
+        items += [line for line in _decode(p).splitlines() if line.strip()]
+    if not items:
+        raise XferError("Nothing to predict: give image paths / texts as arguments, or --file with one per line.")
+    preds = load(run_dir).predict(items)
+    if as_json:
+        click.echo(json.dumps(preds, indent=2))
+        return
+    for p in preds:
+        click.echo(f"{p['label']}\t{p['confidence']:.3f}\t{p['input']}")
+
+
+@cli.command()
+@click.option("--out", default=None, help="folder for the demo's two runs (default: runs/demo-<time>)")
+@click.option("--quiet", is_flag=True)
+def demo(out, quiet):
+    """The embedded default: image and text transfer end to end, each against a from-scratch baseline, offline."""
+    from xfer.demo import run_demo
+
+    run_demo(out, quiet=quiet)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except XferError as e:
+        click.echo(click.style("error: ", fg="red", bold=True) + str(e), err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

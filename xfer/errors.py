@@ -1,0 +1,5 @@
+"""The one exception type for user errors: the CLI shows its message without a traceback."""
+
+
+class XferError(Exception):
+    """A problem with the user's input (data, source, config, run folder), with a message that says how to fix it."""

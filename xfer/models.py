@@ -1,0 +1,90 @@
+"""The target network: a source backbone plus a new linear head for the task's labels.
+
+One wrapper for both modalities, so the training loop only ever sees "inputs in, logits out" and strategies can name
+parameters as `backbone.*` and `head.*`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class TransferModel(nn.Module):
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, modality: str, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.modality = modality
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(num_features, num_classes)
+
+    def embed(self, inputs) -> torch.Tensor:
+        """Pooled features: what a linear probe sees and what the feature cache stores."""
+        if self.modality == "image":
+            return self.backbone(inputs)
+        out = self.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        hidden = out.last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        # Mean pooling over real tokens: how sentence-transformers trained MiniLM's embeddings.
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(inputs)))
+
+
+def build_image_model(arch: str, num_classes: int, in_chans: int = 3, dropout: float = 0.0,
+                      image_size: int | None = None) -> TransferModel:
+    """A timm backbone without its classifier (it returns pooled features) and a fresh head.
+
+    Networks with a fixed input size (ViTs) are built for `image_size`; `transfer` then resizes their position
+    embeddings. Convolutional networks take any size and ignore it.
+    """
+    import timm
+
+    kwargs = {}
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if image_size and cfg is not None and cfg.fixed_input_size:
+        kwargs["img_size"] = image_size
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    return TransferModel(backbone, backbone.num_features, num_classes, "image", dropout)
+
+
+def build_text_model(config_dir: Path, num_classes: int, dropout: float = 0.1) -> TransferModel:
+    """A transformers encoder built from its config alone (no download), weights come later from `transfer`."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(config_dir))
+    backbone = AutoModel.from_config(config, add_pooling_layer=False) if config.model_type == "bert" else AutoModel.from_config(config)
+    return TransferModel(backbone, config.hidden_size, num_classes, "text", dropout)
+
+
+def block_groups(model: TransferModel) -> list[list[str]]:
+    """Backbone parameter names grouped by depth, input side first (stem, blocks..., final layers).
+
+    Strategies use it for "the last k blocks", and later for layer-wise rates and gradual unfreezing.
+    """
+    names = [n for n, _ in model.backbone.named_parameters()]
+    if model.modality == "image":
+        from timm.models import group_parameters
+
+        groups = group_parameters(model.backbone, model.backbone.group_matcher(coarse=True))
+        ordered = [groups[k] for k in sorted(groups)]
+    else:
+        def depth(name: str) -> int:
+            m = re.search(r"\.layers?\.(\d+)\.", name)
+            if m:
+                return int(m.group(1)) + 1
+            return 0 if "embed" in name else 10_000
+
+        by_depth: dict[int, list[str]] = {}
+        for n in names:
+            by_depth.setdefault(depth(n), []).append(n)
+        ordered = [by_depth[k] for k in sorted(by_depth)]
+    return [[f"backbone.{n}" for n in g] for g in ordered]
+
+
+def is_conv_net(model: TransferModel) -> bool:
+    return model.modality == "image" and any(isinstance(m, nn.Conv2d) for m in model.backbone.modules())
