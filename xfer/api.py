@@ -22,7 +22,7 @@ from xfer.data.loaders import (ImageBatches, TensorBatches, TextBatches, TextPre
 from xfer.data.task import Split, Task
 from xfer.errors import XferError
 from xfer.evaluate import classification_metrics, transfer_gain
-from xfer.features import cache_key, cached_features
+from xfer.features import cache_key, probe_features
 from xfer.models import TransferModel, build_image_model, build_text_model
 from xfer.sources import DEFAULT_SOURCE, LoadedSource, load_source, resolve_source
 from xfer.strategies import make_plan, Plan
@@ -144,13 +144,12 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, featu
         seed_everything(cfg.seed + i)
         names = phase.trainable(model)
         if phase.cached_features:
-            feats = {}
-            for split in ("train", "val"):
-                loader = batches(data[split], 256, shuffle=False, num_workers=cfg.num_workers)
-                key = cache_key(feature_id, getattr(tasks, split), data["prep"]) if feature_id else None
-                feats[split] = TensorBatches(cached_features(model, loader, acc, key, log), data[split].labels)
-            train = batches(feats["train"], cfg.batch_size, shuffle=True, seed=cfg.seed)
-            val = batches(feats["val"], 1024, shuffle=False)
+            loaders = [batches(data[s], 256, shuffle=False, num_workers=cfg.num_workers) for s in ("train", "val")]
+            key = (cache_key(feature_id, [tasks.train, tasks.val], data["prep"], cfg.bn_adapt)
+                   if feature_id else None)
+            f_train, f_val = probe_features(model, *loaders, acc, key, cfg.bn_adapt, log)
+            train = batches(TensorBatches(f_train, data["train"].labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
+            val = batches(TensorBatches(f_val, data["val"].labels), 1024, shuffle=False)
             recs = train_phase(model.head, phase, {n[len("head."):] for n in names}, train, val, acc, loop, log)
         else:
             train = batches(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + i,

@@ -42,6 +42,7 @@ class FitConfig:
     lp_lr: float | None = None
     partial_blocks: int = 2
     dropout: float | None = None
+    bn_adapt: bool = True  # re-estimate BatchNorm statistics on the target data before a linear probe (AdaBN)
     # loop
     batch_size: int | None = None
     optimizer: str = "adamw"
@@ -119,6 +120,7 @@ HELP = {
     "lp_lr": "linear-probe learning rate (3e-3)",
     "partial_blocks": "partial: how many of the last backbone blocks train",
     "dropout": "dropout before the head (image 0, text 0.1)",
+    "bn_adapt": "re-estimate BatchNorm statistics on the target data before a linear probe (AdaBN)",
     "batch_size": "batch size (image 64, text 32)",
     "optimizer": "adamw | adam | sgd",
     "weight_decay": "weight decay (not on biases and norms)",

@@ -38,8 +38,9 @@ def split_fingerprint(split: Split) -> str:
     return h.hexdigest()
 
 
-def cache_key(source_id: str, split: Split, prep: dict) -> str:
-    blob = json.dumps({"source": source_id, "data": split_fingerprint(split), "prep": prep, "v": 1}, sort_keys=True)
+def cache_key(source_id: str, splits: list[Split], prep: dict, adapt_bn: bool) -> str:
+    blob = json.dumps({"source": source_id, "data": [split_fingerprint(s) for s in splits], "prep": prep,
+                       "adapt_bn": adapt_bn, "v": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -63,22 +64,68 @@ def compute_features(model, loader, accelerator, channels_last: bool = True) -> 
     return out
 
 
-def cached_features(model, loader, accelerator, key: str | None, log=print) -> torch.Tensor:
-    """Features for `loader`'s split: read from the cache when `key` is there, else computed and stored."""
+def adapt_batchnorm(model, loader, accelerator, channels_last: bool = True) -> bool:
+    """Re-estimate BatchNorm running statistics on the target data (AdaBN, Li et al. 2016); weights unchanged.
+
+    Frozen-backbone features are then computed with statistics of the target domain (MNIST digits are far from
+    ImageNet's), and a later fine-tuning phase that switches BN to batch statistics does not shift the features
+    under the trained head. Returns False when the model has no BatchNorm.
+    """
+    from torch import nn
+
+    from xfer.train import to_device
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    model.to(accelerator.device)
+    if channels_last and model.modality == "image":
+        model.to(memory_format=torch.channels_last)
+    saved = [(m, m.momentum) for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the whole pass
+        m.train()
+    with torch.no_grad():
+        for inputs, _, _ in loader:
+            with accelerator.autocast():
+                model.embed(to_device(inputs, accelerator.device, channels_last))
+    for m, momentum in saved:
+        m.momentum = momentum
+    model.eval()
+    return True
+
+
+def probe_features(model, train_loader, val_loader, accelerator, key: str | None, adapt_bn: bool, log=print):
+    """Train and validation features for a head-only phase: read from the cache when `key` is there, else computed
+    (after AdaBN when `adapt_bn`) and stored with the adapted BatchNorm statistics, which the model also needs for
+    any later fine-tuning phase."""
     from safetensors.torch import load_file, save_file
 
     path = cache_dir() / f"{key}.safetensors" if key else None
     if path is not None and path.exists():
         try:
-            return load_file(str(path))["features"]
+            stored = load_file(str(path))
+            bn_state = {k[3:]: v for k, v in stored.items() if k.startswith("bn.")}
+            model.load_state_dict(bn_state, strict=False)
+            log(f"features: read from cache {path.name}")
+            return stored["train"], stored["val"]
         except Exception:  # a damaged cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     start = time.perf_counter()
-    feats = compute_features(model, loader, accelerator)
-    log(f"features: {tuple(feats.shape)} in {time.perf_counter() - start:.1f}s")
+    adapted = adapt_bn and adapt_batchnorm(model, train_loader, accelerator)
+    train = compute_features(model, train_loader, accelerator)
+    val = compute_features(model, val_loader, accelerator)
+    log(f"features: {tuple(train.shape)} train, {tuple(val.shape)} val in {time.perf_counter() - start:.1f}s"
+        + (" (BatchNorm statistics re-estimated on the target data)" if adapted else ""))
     if path is not None:
+        tensors = {"train": train.contiguous(), "val": val.contiguous()}
+        if adapted:
+            tensors.update({f"bn.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                            if "running_" in k or "num_batches_tracked" in k})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": feats.contiguous()}, str(tmp))
+        save_file(tensors, str(tmp))
         os.replace(tmp, path)
-    return feats
+    return train, val

@@ -157,6 +157,8 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if any(s in str(e) for s in ("Unsupported operand", "invalid load key")):  # bytes that are no pickle at all
+            raise XferError(f"Could not read checkpoint {path}: it is corrupt or not a PyTorch checkpoint.") from e
         raise XferError(
             f"Refused to load {path}: it holds Python objects that would run code when unpickled, and only plain "
             "tensors are accepted. Convert it to .safetensors with a tool you trust, or save only the state_dict."
@@ -180,7 +182,9 @@ def _offline_error(spec: SourceSpec, err: Exception) -> XferError:
 
 
 def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    # read at call time, with huggingface_hub's own reading of the variable ("1", "true", "yes", "on"): the hub
+    # library reads it once at import, so a variable set later would otherwise be ignored
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def load_source(spec: SourceSpec) -> LoadedSource:
@@ -215,7 +219,8 @@ def load_source(spec: SourceSpec) -> LoadedSource:
         from huggingface_hub import snapshot_download
 
         try:
-            folder = Path(snapshot_download(spec.location, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+            folder = Path(snapshot_download(spec.location, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+                                            local_files_only=_hub_offline()))  # offline: the local cache only
         except Exception as e:
             raise _offline_error(spec, e) from e
         files = sorted(folder.glob("*.safetensors"))

@@ -53,17 +53,17 @@ def load_task(
         if path.is_dir() and (path / "train").is_dir():
             modality, items, raw, notes = _read_image_folder(path / "train")
             if (path / "val").is_dir():
-                own_val = _read_image_folder(path / "val")[1:3]
+                own_val = _extra_split(_read_image_folder(path / "val"), modality, notes, data)
             if (path / "test").is_dir():
-                own_test = _read_image_folder(path / "test")[1:3]
+                own_test = _extra_split(_read_image_folder(path / "test"), modality, notes, data)
         elif path.is_dir():
             modality, items, raw, notes = _read_image_folder(path)
         else:
             modality, items, raw, notes = _read_table(path, **columns)
     if val:
-        own_val = _read_table(_existing(val, "--val"), **columns)[1:3]
+        own_val = _extra_split(_read_table(_existing(val, "--val"), **columns), modality, notes, val)
     if test:
-        own_test = _read_table(_existing(test, "--test"), **columns)[1:3]
+        own_test = _extra_split(_read_table(_existing(test, "--test"), **columns), modality, notes, test)
 
     labels = sorted(set(raw), key=_natural_key)
     if len(items) == 0:
@@ -98,7 +98,16 @@ def load_task(
 
 
 def _natural_key(label: str):
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    # the label itself breaks ties ("1" vs "01"), so the class order never depends on set iteration order
+    return (0, int(label), label) if label.lstrip("-").isdigit() else (1, 0, label)
+
+
+def _extra_split(read, modality: str, notes: list[str], what: str):
+    """(items, labels) of a val/test split read as (modality, items, labels, notes); its notes join the task's."""
+    if read[0] != modality:
+        raise XferError(f"{what} holds {read[0]} data but the training data is {modality} data.")
+    notes.extend(read[3])
+    return read[1], read[2]
 
 
 def _existing(p: str, what: str) -> Path:
@@ -200,17 +209,23 @@ def _read_table(path: Path, text_column=None, image_column=None, label_column=No
     text = _decode(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
+        rows, line_nos = [], []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise XferError(f"{path} line {n} is not valid JSON ({e.msg}).") from e
+                if not isinstance(rows[-1], dict):
+                    raise XferError(f"{path} line {n} is not a JSON object ({{\"column\": value, ...}}).")
+                line_nos.append(n)
         columns = list(dict.fromkeys(k for r in rows for k in r))
     elif suffix in (".csv", ".tsv", ".txt"):
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        rows = list(reader)
+        rows, line_nos = [], []
+        for r in reader:  # the file line each row starts on (blank lines and multi-line fields make i + 2 wrong)
+            rows.append(r)
+            line_nos.append(reader.line_num - sum(v.count("\n") for v in r.values() if isinstance(v, str)))
         columns = list(reader.fieldnames or [])
     else:
         raise XferError(f"{path}: unsupported data file type {suffix!r}; use .csv, .tsv, .jsonl or an image folder.")
@@ -230,8 +245,7 @@ def _read_table(path: Path, text_column=None, image_column=None, label_column=No
             raise XferError(f"{path}: no text or image column found (looked for {', '.join(TEXT_COLUMNS)} / "
                             f"{', '.join(IMAGE_COLUMNS)}); its columns are: {', '.join(columns)}. "
                             "Name it with --text-column or --image-column.")
-    first_row = 2 if suffix != ".jsonl" else 1
-    missing = [i + first_row for i, r in enumerate(rows) if r.get(label_col) in (None, "")]
+    missing = [line_nos[i] for i, r in enumerate(rows) if r.get(label_col) is None or not str(r[label_col]).strip()]
     if missing:
         raise XferError(f"{path}: {len(missing)} row(s) have no label in column {label_col!r} "
                         f"(lines {', '.join(map(str, missing[:10]))}). Fill or remove them.")
@@ -249,7 +263,7 @@ def _read_table(path: Path, text_column=None, image_column=None, label_column=No
             notes = [f"skipped {len(paths) - len(keep)} missing image(s) listed in {path}"]
         return "image", [paths[i] for i in keep], [raw[i] for i in keep], notes
     texts = [str(r.get(text_col) or "").strip() for r in rows]
-    empty = [i + first_row for i, t in enumerate(texts) if not t]
+    empty = [line_nos[i] for i, t in enumerate(texts) if not t]
     if empty:
         raise XferError(f"{path}: {len(empty)} row(s) have empty text in column {text_col!r} "
                         f"(lines {', '.join(map(str, empty[:10]))}). Remove them or fill them in.")

@@ -1,0 +1,107 @@
+"""The training loop and strategies: what is frozen stays frozen (weights and BatchNorm statistics)."""
+
+import numpy as np
+import pytest
+import torch
+
+from xfer.config import FitConfig
+from xfer.data.loaders import TensorBatches, batches
+from xfer.models import block_groups, build_image_model
+from xfer.strategies import make_plan
+from xfer.train import LoopConfig, make_accelerator, train_phase, warmup_cosine
+
+
+def _loaders(n=48, size=32, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return batches(TensorBatches(x, y), 16, shuffle=True), batches(TensorBatches(x[:16], y[:16]), 16, shuffle=False)
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _run(model, strategy, **cfg):
+    config = FitConfig(data="x", strategy=strategy, **cfg).resolved("image")
+    plan = make_plan(strategy, config)
+    phase = plan.phases[-1]
+    train, val = _loaders()
+    loop = LoopConfig(batch_size=16, patience=0, quiet=True, channels_last=False)
+    before = _snapshot(model)
+    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"), loop, log=lambda s: None)
+    return before, _snapshot(model), phase.trainable(model)
+
+
+def test_partial_changes_only_the_last_blocks_and_keeps_frozen_bn_statistics():
+    torch.manual_seed(0)
+    model = build_image_model("mobilenetv2_100", num_classes=3)
+    before, after, trainable = _run(model, "partial", epochs=1, partial_blocks=2, lr=1e-2)
+    groups = block_groups(model)
+    last = {n for g in groups[-2:] for n in g}
+    assert trainable == last | {"head.weight", "head.bias"}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Every trainable parameter moved; nothing of the frozen blocks moved, running statistics included.
+    assert {"head.weight", "head.bias"} <= changed
+    assert all(any(k.startswith(n.rsplit(".", 1)[0]) for n in last | {"head.weight"}) for k in changed)
+    frozen_bn = [k for k in before if "running_mean" in k and not any(k.rsplit(".", 1)[0] == n.rsplit(".", 1)[0]
+                                                                       for n in last)]
+    assert frozen_bn and all(torch.equal(before[k], after[k]) for k in frozen_bn)
+
+
+def test_full_fine_tuning_updates_bn_statistics():
+    torch.manual_seed(0)
+    model = build_image_model("mobilenetv2_100", num_classes=3)
+    before, after, _ = _run(model, "full", epochs=1, lr=1e-3)
+    assert not torch.equal(before["backbone.bn1.running_mean"], after["backbone.bn1.running_mean"])
+    assert not torch.equal(before["backbone.conv_stem.weight"], after["backbone.conv_stem.weight"])
+
+
+def test_head_only_phase_on_whole_model_leaves_backbone_untouched():
+    torch.manual_seed(0)
+    model = build_image_model("mobilenetv2_100", num_classes=3)
+    config = FitConfig(data="x").resolved("image")
+    phase = make_plan("linear-probe", config).phases[0]
+    train, val = _loaders()
+    before = _snapshot(model)
+    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"),
+                LoopConfig(batch_size=16, patience=0, quiet=True), log=lambda s: None)
+    after = _snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_best_epoch_weights_are_kept():
+    torch.manual_seed(0)
+    model = build_image_model("resnet10t", num_classes=3)
+    config = FitConfig(data="x", strategy="full", epochs=3, lr=1e-3).resolved("image")
+    phase = make_plan("full", config).phases[0]
+    train, val = _loaders()
+    seen = []
+    states = []
+
+    def on_epoch(rec):
+        seen.append(rec.val_accuracy)
+        states.append(_snapshot(model))
+
+    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"),
+                LoopConfig(batch_size=16, patience=0, quiet=True, channels_last=False), log=lambda s: None,
+                on_epoch=on_epoch)
+    best = int(np.argmax(seen))
+    final = _snapshot(model)
+    assert all(torch.equal(final[k], states[best][k]) for k in final)
+
+
+def test_warmup_then_cosine_schedule():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=100, warmup_steps=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[9] <= 1.0
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5, abs=0.02)
+    assert lrs[-1] < 0.01
