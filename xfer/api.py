@@ -124,7 +124,7 @@ def build_model(spec: dict, hf_dir: Path | None = None) -> TransferModel:
     if spec["modality"] == "image":
         return build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
                                  spec["prep"]["size"])
-    return build_text_model(hf_dir, len(spec["labels"]), spec["dropout"])
+    return build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"))
 
 
 def _datasets(task: Task, spec: dict, tokenizer) -> dict:
@@ -248,7 +248,7 @@ def _make_spec(cfg: FitConfig, task: Task, source: LoadedSource) -> tuple[dict, 
         prep = TextPrep(cfg.max_length).to_dict()
     spec = {
         "format": SPEC_FORMAT, "modality": task.modality, "arch": source.spec.arch, "labels": list(task.labels),
-        "prep": prep, "dropout": cfg.dropout, "strategy": cfg.strategy,
+        "prep": prep, "dropout": cfg.dropout, "encoder_dropout": cfg.encoder_dropout, "strategy": cfg.strategy,
         "source": {"name": source.spec.name, "sha256": source.spec.sha256, "origin": source.spec.origin},
     }
     return spec, tokenizer

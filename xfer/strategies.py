@@ -43,6 +43,22 @@ def everything(model: TransferModel) -> set[str]:
     return {n for n, _ in model.named_parameters()}
 
 
+def embedding_tables(model: TransferModel) -> set[str]:
+    """Token/position embedding tables: half of MiniLM's parameters, and little to learn for them from a few
+    thousand examples; keeping them frozen makes each text step ~1.3x cheaper."""
+    from torch import nn
+
+    return {f"{m_name}.{p_name}".lstrip(".") for m_name, m in model.named_modules() if isinstance(m, nn.Embedding)
+            for p_name, _ in m.named_parameters(recurse=False)}
+
+
+def fine_tuned(cfg) -> Selector:
+    """Everything, less the embedding tables when `freeze_embeddings` is on."""
+    if not cfg.freeze_embeddings:
+        return everything
+    return lambda model: everything(model) - embedding_tables(model)
+
+
 def last_blocks(k: int) -> Selector:
     def select(model: TransferModel) -> set[str]:
         groups = block_groups(model)
@@ -64,7 +80,7 @@ def linear_probe(cfg) -> Plan:
 
 def full(cfg) -> Plan:
     """Every parameter trains at one rate from the start."""
-    return Plan("full", (Phase("full", cfg.epochs, cfg.lr, everything, bn="train"),))
+    return Plan("full", (Phase("full", cfg.epochs, cfg.lr, fine_tuned(cfg), bn="train"),))
 
 
 def partial(cfg) -> Plan:
@@ -76,7 +92,7 @@ def partial(cfg) -> Plan:
 def lp_ft(cfg) -> Plan:
     """Linear probe, then full fine-tuning from that head (Kumar et al., ICLR 2022): a trained head keeps the first
     fine-tuning steps from distorting the pretrained features."""
-    return Plan("lp-ft", (_probe(cfg), Phase("fine-tune", cfg.epochs, cfg.lr, everything, bn="train")))
+    return Plan("lp-ft", (_probe(cfg), Phase("fine-tune", cfg.epochs, cfg.lr, fine_tuned(cfg), bn="train")))
 
 
 STRATEGIES: dict[str, Callable] = {

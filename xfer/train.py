@@ -58,12 +58,19 @@ def resolve_precision(precision: str) -> str:
 
 
 def make_accelerator(precision: str, grad_accum: int = 1):
+    """An Accelerator for this precision. Accelerate keeps one global state per process, so a request for another
+    precision (a from-scratch baseline in fp32 after a bf16 fit, say) resets that state first."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     mp = resolve_precision(precision)
     cpu = not torch.cuda.is_available()
     if cpu and mp == "fp16":
         raise XferError("fp16 needs a GPU; on the CPU use precision bf16 or no.")
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", mp)) != mp:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
     return Accelerator(mixed_precision=mp, cpu=cpu, gradient_accumulation_steps=grad_accum)
 
 
@@ -92,10 +99,13 @@ def param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict
 
 
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    # The fused kernels update all tensors in one pass: on a 2-core CPU this cut the optimizer's share of a
+    # MiniLM step from ~30% to ~6% (bench/step_overhead.py).
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"]) else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups)
+        return torch.optim.AdamW(groups, **fused)
     if name == "adam":
-        return torch.optim.Adam(groups)
+        return torch.optim.Adam(groups, **fused)
     if name == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, nesterov=True)
     raise XferError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
