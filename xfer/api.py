@@ -60,7 +60,7 @@ class Run:
         return TextBatches(split, self._tokenizer, self.prep)
 
     def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
-        acc = make_accelerator(precision)
+        acc = make_accelerator(precision, model=self.model)
         self.model.to(acc.device)
         return predict_logits(self.model, batches(self._dataset(split), batch_size, shuffle=False), acc,
                               self.spec["modality"] == "image")
@@ -138,7 +138,7 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, featu
     """Run every phase of a plan; head-only cached phases train on stored features."""
     loop = LoopConfig(cfg.batch_size, cfg.optimizer, cfg.weight_decay, cfg.warmup, cfg.label_smoothing,
                       cfg.grad_clip, cfg.patience, cfg.grad_accum, cfg.channels_last, cfg.seed, cfg.quiet)
-    acc = make_accelerator(cfg.precision, cfg.grad_accum)
+    acc = make_accelerator(cfg.precision, cfg.grad_accum, model)
     history: list[dict] = []
     for i, phase in enumerate(plan.phases):
         seed_everything(cfg.seed + i)
@@ -161,7 +161,7 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, featu
 
 
 def _evaluate_splits(model, data: dict, labels, cfg: FitConfig) -> dict:
-    acc = make_accelerator(cfg.precision)
+    acc = make_accelerator(cfg.precision, model=model)
     out = {}
     for split in ("val", "test"):
         loader = batches(data[split], cfg.batch_size * 2, shuffle=False)
@@ -259,7 +259,8 @@ def _baseline(cfg, spec, source, data, task, plan, log) -> dict:
     log("[bold]baseline:[/] same architecture from scratch, same budget")
     seed_everything(cfg.seed)
     model = build_model(spec, source.hf_dir)
-    base_cfg = replace(cfg, strategy="full", epochs=max(1, plan.backbone_epochs))
+    # Nothing is pretrained here, so nothing is kept frozen: embedding tables train too.
+    base_cfg = replace(cfg, strategy="full", epochs=max(1, plan.backbone_epochs), freeze_embeddings=False)
     start = time.perf_counter()
     history = run_plan(model, make_plan("full", base_cfg), data, base_cfg, None, task, log)
     metrics = _evaluate_splits(model, data, task.labels, cfg)

