@@ -15,7 +15,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 
 
 def trainer_reference(task, hf_dir, bf16: bool) -> tuple[float, float]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from xfer import runs
 from xfer.config import FitConfig, make_config
 from xfer.data import load_task
+from xfer.data.readers import read_labelled
 from xfer.data.loaders import (ImageBatches, TensorBatches, TextBatches, TextPrep, batches, image_prep,
                                load_tokenizer, prep_from_dict)
 from xfer.data.task import Split, Task
@@ -86,7 +86,7 @@ class Run:
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""
-        items, raw = _whole_as_test(data, columns)
+        items, raw = read_labelled(data, **columns)
         index = {lab: i for i, lab in enumerate(self.labels)}
         unknown = sorted(set(raw) - set(index))
         if unknown:
@@ -94,20 +94,6 @@ class Run:
         y = np.array([index[v] for v in raw], dtype=np.int64)
         logits = self.logits(Split(items, y))
         return classification_metrics(y, logits.argmax(1).numpy(), self.labels)
-
-
-def _whole_as_test(data: str, columns: dict):
-    """Read every example of a labelled data source, with no split."""
-    from xfer.data import readers
-
-    if data.startswith("builtin:"):
-        raise XferError("Evaluate a run on a built-in set with the metrics fit saved (metrics.json), or give a file.")
-    path = readers._existing(data, "data")
-    if path.is_dir():
-        _, items, raw, _ = readers._read_image_folder(path)
-    else:
-        _, items, raw, _ = readers._read_table(path, **columns)
-    return items, raw
 
 
 def _log(cfg: FitConfig) -> Callable[[str], None]:
@@ -136,8 +122,10 @@ def _datasets(task: Task, spec: dict, tokenizer) -> dict:
 def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, feature_id: str | None,
              tasks: Task, log) -> list[dict]:
     """Run every phase of a plan; head-only cached phases train on stored features."""
-    loop = LoopConfig(cfg.batch_size, cfg.optimizer, cfg.weight_decay, cfg.warmup, cfg.label_smoothing,
-                      cfg.grad_clip, cfg.patience, cfg.grad_accum, cfg.channels_last, cfg.seed, cfg.quiet)
+    loop = LoopConfig(batch_size=cfg.batch_size, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+                      warmup=cfg.warmup, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
+                      patience=cfg.patience, grad_accum=cfg.grad_accum, channels_last=cfg.channels_last,
+                      quiet=cfg.quiet)
     acc = make_accelerator(cfg.precision, cfg.grad_accum, model)
     history: list[dict] = []
     for i, phase in enumerate(plan.phases):

@@ -7,7 +7,6 @@ import json
 import sys
 import warnings
 from dataclasses import fields
-from pathlib import Path
 
 import click
 
@@ -123,15 +122,11 @@ def fit(config_file, **options):
     from xfer.config import make_config
 
     run = api_fit(make_config(config_file, **options))
-    if not run_quiet(options):
+    if not options.get("quiet"):
         console = _console()
         print_report(run.report, console)
         print_metrics(run.metrics, console)
         console.print(f"run folder: {run.path}")
-
-
-def run_quiet(options: dict) -> bool:
-    return bool(options.get("quiet"))
 
 
 @cli.command("eval")
@@ -182,14 +177,11 @@ def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
 def predict(run_dir, inputs, input_file, as_json):
     """Predict labels for images (paths) or texts (strings) with a saved run."""
     from xfer.api import load
-    from xfer.data.readers import _decode
+    from xfer.data.readers import read_lines
 
     items = list(inputs)
     if input_file:
-        p = Path(input_file)
-        if not p.exists():
-            raise XferError(f"Input file {p} does not exist.")
-        items += [line for line in _decode(p).splitlines() if line.strip()]
+        items += read_lines(input_file)
     if not items:
         raise XferError("Nothing to predict: give image paths / texts as arguments, or --file with one per line.")
     preds = load(run_dir).predict(items)

@@ -12,7 +12,7 @@ from xfer.errors import XferError
 
 # Defaults that depend on the modality; None in FitConfig means "take these".
 MODALITY_DEFAULTS = {
-    "image": {"epochs": 3, "lr": 1e-3, "batch_size": 64, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.0,
+    "image": {"epochs": 5, "lr": 1e-3, "batch_size": 64, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.0,
               "freeze_embeddings": False, "encoder_dropout": None},
     "text": {"epochs": 2, "lr": 1e-4, "batch_size": 32, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.1,
              "freeze_embeddings": True, "encoder_dropout": 0.0},
@@ -30,7 +30,7 @@ class FitConfig:
     label_column: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.2
-    image_size: int | None = None  # None: ~3x a small image's side (MNIST: 96), else the source's own size
+    image_size: int | None = None  # None: ~2x a small image's side (MNIST: 64), else the source's own size
     max_length: int = 128  # text: tokens per example (batches are padded to their longest)
     # source and transfer
     source: str | None = None  # None: the best offline source for the data's modality
@@ -112,13 +112,13 @@ HELP = {
     "label_column": "label column of a table (default: label, class, category, ...)",
     "val_fraction": "validation share of a seeded stratified split, when no validation data is given",
     "test_fraction": "test share of a seeded stratified split, when no test data is given",
-    "image_size": "input side in pixels (default: ~3x small images' side, rounded up to a multiple of 32; else the source's size)",
+    "image_size": "input side in pixels (default: ~2x small images' side, at least 64, rounded up to a multiple of 32; else the source's size)",
     "max_length": "text: maximum tokens per example",
     "source": "source to transfer from (see `xfer sources`); default: best offline source for the modality",
     "arch": "timm architecture for a file: source",
     "allow_partial_transfer": "accept a transfer that fills less than half of the backbone",
     "strategy": "linear-probe | full | partial | lp-ft",
-    "epochs": "full-network epochs (image 3, text 2)",
+    "epochs": "full-network epochs (image 5, text 2)",
     "lr": "peak learning rate of full-network phases (image 1e-3, text 1e-4)",
     "lp_epochs": "linear-probe epochs on cached features (10)",
     "lp_lr": "linear-probe learning rate (3e-3)",

@@ -98,7 +98,3 @@ def block_groups(model: TransferModel) -> list[list[str]]:
             by_depth.setdefault(depth(n), []).append(n)
         ordered = [by_depth[k] for k in sorted(by_depth)]
     return [[f"backbone.{n}" for n in g] for g in ordered]
-
-
-def is_conv_net(model: TransferModel) -> bool:
-    return model.modality == "image" and any(isinstance(m, nn.Conv2d) for m in model.backbone.modules())

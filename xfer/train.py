@@ -34,7 +34,6 @@ class LoopConfig:
     patience: int = 3  # epochs without validation gain before stopping a phase; 0 disables
     grad_accum: int = 1
     channels_last: bool = True
-    seed: int = 0
     quiet: bool = False
 
 
@@ -158,6 +157,7 @@ class EpochRecord:
     phase: str
     epoch: int
     train_loss: float
+    train_accuracy: float
     val_accuracy: float
     lr: float
     seconds: float
@@ -168,7 +168,8 @@ def _progress(quiet: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[rate]:.0f} samples/s"),
+                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
+                               "{task.fields[rate]:.0f} samples/s"),
                     TimeRemainingColumn(), disable=quiet, transient=True)
 
 
@@ -202,13 +203,15 @@ def train_phase(
     records: list[EpochRecord] = []
 
     for epoch in range(1, phase.epochs + 1):
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         with _progress(cfg.quiet) as bar:
-            task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(train_loader), loss=0.0, rate=0.0)
+            task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(train_loader), loss=0.0, acc=0.0,
+                                rate=0.0)
             for inputs, labels, _ in train_loader:
                 inputs, labels = to_device(inputs, device, cfg.channels_last), labels.to(device)
                 with accelerator.accumulate(module), accelerator.autocast():
-                    loss = loss_fn(module(inputs).float(), labels)
+                    logits = module(inputs).float()
+                    loss = loss_fn(logits, labels)
                     accelerator.backward(loss)
                     if cfg.grad_clip and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, cfg.grad_clip)
@@ -218,7 +221,9 @@ def train_phase(
                 n = len(labels)
                 seen += n
                 loss_sum += loss.item() * n
-                bar.update(task, advance=1, loss=loss_sum / seen, rate=seen / (time.perf_counter() - start))
+                correct += int((logits.detach().argmax(1) == labels).sum())
+                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen,
+                           rate=seen / (time.perf_counter() - start))
         seconds = time.perf_counter() - start
         if not math.isfinite(loss_sum):
             raise XferError(f"Training diverged in phase {phase.name!r} (loss is {loss_sum}). Lower the learning "
@@ -226,10 +231,11 @@ def train_phase(
         logits = predict_logits(module, val_loader, accelerator, cfg.channels_last)
         val_acc = float((logits.argmax(1).numpy() == val_loader.dataset.labels.numpy()).mean())
         set_trainable(module, trainable, phase.bn)  # predict_logits switched to eval; restore the phase's modes
-        rec = EpochRecord(phase.name, epoch, loss_sum / max(1, seen), val_acc, scheduler.get_last_lr()[0], seconds,
-                          seen / seconds)
+        rec = EpochRecord(phase.name, epoch, loss_sum / max(1, seen), correct / max(1, seen), val_acc,
+                          scheduler.get_last_lr()[0], seconds, seen / seconds)
         records.append(rec)
-        log(f"{phase.name} epoch {epoch}/{phase.epochs}: loss {rec.train_loss:.4f}  val acc {val_acc:.4f}  "
+        log(f"{phase.name} epoch {epoch}/{phase.epochs}: loss {rec.train_loss:.4f}  train acc {rec.train_accuracy:.4f}"
+            f"  val acc {val_acc:.4f}  "
             f"{seconds:.1f}s  {rec.samples_per_s:.0f} samples/s")
         if on_epoch:
             on_epoch(rec)

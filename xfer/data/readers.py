@@ -97,6 +97,24 @@ def load_task(
                 channels=_channels(modality, pool.items), notes=tuple(notes))
 
 
+def read_labelled(data: str, **columns) -> tuple[list, list[str]]:
+    """Every example of a labelled folder or table, unsplit: what `Run.evaluate` scores a model on."""
+    if data.startswith("builtin:"):
+        raise XferError("Give a labelled file or folder to evaluate on; a built-in set's test metrics are already "
+                        "in the run's metrics.json (`xfer eval RUN` without --data shows them).")
+    path = _existing(data, "data")
+    _, items, raw, _ = _read_image_folder(path) if path.is_dir() else _read_table(path, **columns)
+    return items, raw
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file (inputs for `xfer predict --file`)."""
+    p = Path(path)
+    if not p.exists():
+        raise XferError(f"Input file {p} does not exist.")
+    return [line for line in _decode(p).splitlines() if line.strip()]
+
+
 def _natural_key(label: str):
     # the label itself breaks ties ("1" vs "01"), so the class order never depends on set iteration order
     return (0, int(label), label) if label.lstrip("-").isdigit() else (1, 0, label)
