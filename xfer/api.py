@@ -102,7 +102,7 @@ def _log(cfg: FitConfig) -> Callable[[str], None]:
     from rich.console import Console
 
     console = Console(highlight=False)
-    return lambda msg: console.print(msg)
+    return lambda msg: console.print(msg, soft_wrap=True)
 
 
 def build_model(spec: dict, hf_dir: Path | None = None) -> TransferModel:

@@ -34,15 +34,17 @@ def run_demo(out: str | None = None, quiet: bool = False) -> dict:
         run = fit(replace(cfg, out=str(root / name), quiet=quiet))
         results[name] = run
     total = time.perf_counter() - start
-    t = Table(title=f"xfer demo: transfer vs from scratch (total {total:.0f}s)")
-    for c in ("task", "source", "strategy", "test acc", "scratch test acc", "gain", "train s", "run folder"):
+    t = Table(title=f"xfer demo: transfer vs from scratch ({total:.0f}s)")
+    for c in ("task", "strategy", "test acc", "scratch", "gain", "train s"):
         t.add_column(c)
     for name, run in results.items():
         m = run.metrics
         gain = m["transfer_gain"]["gain"]
-        t.add_row(f"{name}: {DEMO_JOBS[name].data}", DEMO_JOBS[name].source, run.spec["strategy"],
-                  f"{m['test']['accuracy']:.4f}", f"{m['baseline']['test']['accuracy']:.4f}",
+        t.add_row(f"{name}: {DEMO_JOBS[name].source} -> {DEMO_JOBS[name].data.removeprefix('builtin:')}",
+                  run.spec["strategy"], f"{m['test']['accuracy']:.4f}", f"{m['baseline']['test']['accuracy']:.4f}",
                   f"[{'green' if gain > 0 else 'red'}]{gain:+.4f}[/]",
-                  f"{m['train_seconds']:.0f} + {m['baseline']['train_seconds']:.0f}", str(run.path))
+                  f"{m['train_seconds']:.0f} + {m['baseline']['train_seconds']:.0f}")
     console.print(t)
+    for name, run in results.items():
+        console.print(f"{name} run folder: {run.path}", soft_wrap=True)
     return results
