@@ -440,3 +440,11 @@ def test_image_table(tmp_path):
     assert task.modality == "image"
     assert task.channels == 3
     assert sorted(task.train.items + task.val.items + task.test.items) == sorted(p.resolve() for p in paths)
+
+
+def test_default_fractions_give_70_10_20(tmp_path):
+    rows = [f"text {i},{'a' if i % 2 else 'b'}" for i in range(200)]
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    task = load_task(str(path))
+    assert (len(task.train), len(task.val), len(task.test)) == (140, 20, 40)

@@ -89,7 +89,8 @@ def load_task(
         n_test = sizes[2] if sizes else test_fraction
         pool, test_split = _stratified(pool, n_test, rng_seed)
     if val_split is None:
-        n_val = sizes[1] if sizes else val_fraction
+        # a share of all the examples, not of what the test split left: 0.1 / 0.2 give 70 / 10 / 20
+        n_val = sizes[1] if sizes else max(1, round(val_fraction * len(items)))
         pool, val_split = _stratified(pool, n_val, rng_seed + 1)
     if sizes and len(pool) > sizes[0]:
         pool, _ = _stratified(pool, len(pool) - sizes[0], rng_seed + 2)
