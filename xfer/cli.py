@@ -55,7 +55,7 @@ def sources(as_json: bool):
             installed = False
         rows.append({"name": s.name, "modality": s.modality, "arch": s.arch, "offline": True,
                      "installed": installed, "sha256": s.sha256, "description": s.description})
-    online = [{"name": form, "offline": False, "description": d} for form, d in zip(
+    online = [{"name": form, "offline": form.startswith("file:"), "description": d} for form, d in zip(
         ONLINE_FORMS, ["any timm model with pretrained weights (downloads)",
                        "a Hugging Face encoder for text (downloads; safetensors only)",
                        "a local .safetensors/.pt/.pth checkpoint (tensors only, never pickle)"])]
@@ -71,7 +71,7 @@ def sources(as_json: bool):
         t.add_row(r["name"], r["modality"], r["arch"], "offline, sha256-pinned" if r["installed"] else
                   "[red]not installed (make setup)[/]", r["description"])
     for r in online:
-        t.add_row(r["name"], "", "", "online", r["description"])
+        t.add_row(r["name"], "", "", "local file" if r["offline"] else "online (downloads)", r["description"])
     _console().print(t)
 
 
