@@ -26,7 +26,7 @@ from xfer.features import cache_key, probe_features
 from xfer.models import TransferModel, build_image_model, build_text_model
 from xfer.sources import DEFAULT_SOURCE, LoadedSource, load_source, resolve_source
 from xfer.strategies import make_plan, Plan
-from xfer.train import LoopConfig, make_accelerator, predict_logits, seed_everything, train_phase
+from xfer.train import LoopConfig, make_accelerator, place, predict_logits, seed_everything, train_phase
 from xfer.transfer import TransferReport, transfer
 
 SPEC_FORMAT = 1
@@ -61,9 +61,9 @@ class Run:
 
     def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
         acc = make_accelerator(precision, model=self.model)
-        self.model.to(acc.device)
-        return predict_logits(self.model, batches(self._dataset(split), batch_size, shuffle=False), acc,
-                              self.spec["modality"] == "image")
+        image = self.spec["modality"] == "image"
+        place(self.model, acc, channels_last=image)
+        return predict_logits(self.model, batches(self._dataset(split), batch_size, shuffle=False), acc, image)
 
     def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
         """Predict labels for image paths / arrays (image runs) or strings (text runs)."""
@@ -160,7 +160,8 @@ def _evaluate_splits(model, data: dict, labels, cfg: FitConfig) -> dict:
 
 def _default_out(cfg: FitConfig, source: str, task: Task) -> Path:
     data = Path(task.name.replace("builtin:", "")).stem
-    return Path("runs") / f"{data}-{source.replace(':', '_').replace('/', '_')}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    source = source.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{data}-{source}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:

@@ -45,23 +45,10 @@ def cache_key(source_id: str, splits: list[Split], prep: dict, adapt_bn: bool) -
 
 
 def compute_features(model, loader, accelerator, channels_last: bool = True) -> torch.Tensor:
-    from xfer.train import to_device
+    from xfer.train import place, run_inference
 
-    was_training = model.training
-    model.eval()
-    model.to(accelerator.device)  # outside inference mode: parameters must stay trainable tensors
-    if channels_last and model.modality == "image":
-        model.to(memory_format=torch.channels_last)
-    out = None
-    with torch.inference_mode():
-        for inputs, _, idx in loader:
-            with accelerator.autocast():
-                f = model.embed(to_device(inputs, accelerator.device, channels_last)).float().cpu()
-            if out is None:
-                out = torch.empty(len(loader.dataset), f.shape[1])
-            out[idx] = f
-    model.train(was_training)
-    return out
+    place(model, accelerator, channels_last)
+    return run_inference(model, model.embed, loader, accelerator, channels_last)
 
 
 def adapt_batchnorm(model, loader, accelerator, channels_last: bool = True) -> bool:
@@ -73,14 +60,12 @@ def adapt_batchnorm(model, loader, accelerator, channels_last: bool = True) -> b
     """
     from torch import nn
 
-    from xfer.train import to_device
+    from xfer.train import place, to_device
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return False
-    model.to(accelerator.device)
-    if channels_last and model.modality == "image":
-        model.to(memory_format=torch.channels_last)
+    place(model, accelerator, channels_last)
     saved = [(m, m.momentum) for m in bns]
     model.eval()
     for m in bns:

@@ -136,20 +136,33 @@ def to_device(inputs, device, channels_last: bool):
     return inputs
 
 
-@torch.inference_mode()
-def predict_logits(module: nn.Module, loader, accelerator, channels_last: bool = False) -> torch.Tensor:
-    """Logits for every example, in data order (batches may come in any order)."""
+def place(module: nn.Module, accelerator, channels_last: bool) -> None:
+    """Move a model to the accelerator's device (channels_last for CNNs). Call it outside inference mode, so its
+    parameters stay ordinary trainable tensors."""
+    module.to(accelerator.device)
+    if channels_last and any(isinstance(m, nn.Conv2d) for m in module.modules()):
+        module.to(memory_format=torch.channels_last)
+
+
+def run_inference(module: nn.Module, fn, loader, accelerator, channels_last: bool = False) -> torch.Tensor:
+    """`fn(inputs)` for every example in eval mode, rows in data order (batches may come in any order)."""
     was_training = module.training
     module.eval()
     out: torch.Tensor | None = None
-    for inputs, _, idx in loader:
-        with accelerator.autocast():
-            logits = module(to_device(inputs, accelerator.device, channels_last)).float().cpu()
-        if out is None:
-            out = torch.empty(len(loader.dataset), logits.shape[1])
-        out[idx] = logits
+    with torch.inference_mode():
+        for inputs, _, idx in loader:
+            with accelerator.autocast():
+                rows = fn(to_device(inputs, accelerator.device, channels_last)).float().cpu()
+            if out is None:
+                out = torch.empty(len(loader.dataset), rows.shape[1])
+            out[idx] = rows
     module.train(was_training)
     return out if out is not None else torch.empty(0, 0)
+
+
+def predict_logits(module: nn.Module, loader, accelerator, channels_last: bool = False) -> torch.Tensor:
+    """Logits for every example, in data order."""
+    return run_inference(module, module, loader, accelerator, channels_last)
 
 
 @dataclass
@@ -186,9 +199,7 @@ def train_phase(
 ) -> list[EpochRecord]:
     """Train `module` for one phase; returns one record per epoch and leaves the best epoch's weights loaded."""
     set_trainable(module, trainable, phase.bn)
-    if cfg.channels_last and any(isinstance(m, nn.Conv2d) for m in module.modules()):
-        module.to(memory_format=torch.channels_last)
-    module.to(accelerator.device)
+    place(module, accelerator, cfg.channels_last)
     optimizer = make_optimizer(cfg.optimizer, param_groups(module, phase.lr, cfg.weight_decay))
     steps_per_epoch = max(1, len(train_loader) // cfg.grad_accum)
     total = steps_per_epoch * phase.epochs
