@@ -105,3 +105,43 @@ def test_warmup_then_cosine_schedule():
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5, abs=0.02)
     assert lrs[-1] < 0.01
+
+
+def _minilm(**kwargs):
+    from xfer.models import build_text_model
+    from xfer.sources import load_source, resolve_source
+
+    return build_text_model(load_source(resolve_source("all-MiniLM-L6-v2")).hf_dir, 2, **kwargs)
+
+
+def test_text_fine_tuning_keeps_embedding_tables_frozen_by_default():
+    model = _minilm()
+    tables = {"backbone.embeddings.word_embeddings.weight", "backbone.embeddings.position_embeddings.weight",
+              "backbone.embeddings.token_type_embeddings.weight"}
+    for strategy in ("full", "lp-ft"):
+        phase = make_plan(strategy, FitConfig(data="x", strategy=strategy).resolved("text")).phases[-1]
+        trainable = phase.trainable(model)
+        assert not trainable & tables
+        assert "backbone.encoder.layer.0.attention.self.query.weight" in trainable
+        assert "backbone.embeddings.LayerNorm.weight" in trainable
+    unfrozen = FitConfig(data="x", strategy="full", freeze_embeddings=False).resolved("text")
+    assert tables <= make_plan("full", unfrozen).phases[0].trainable(model)
+
+
+def test_encoder_dropout_overrides_the_source_config():
+    assert _minilm().backbone.config.hidden_dropout_prob == 0.1  # the source's own
+    config = _minilm(encoder_dropout=0.0).backbone.config
+    assert config.hidden_dropout_prob == 0.0 and config.attention_probs_dropout_prob == 0.0
+
+
+def test_auto_precision_keeps_depthwise_cnns_in_fp32_on_cpu(monkeypatch):
+    from xfer import train
+
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)
+    assert train.resolve_precision("auto", build_image_model("mobilenetv2_100", 2)) == "no"
+    assert train.resolve_precision("auto", build_image_model("resnet10t", 2)) == "bf16"
+    assert train.resolve_precision("auto", _minilm()) == "bf16"
+    assert train.resolve_precision("bf16", build_image_model("mobilenetv2_100", 2)) == "bf16"
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: False)
+    assert train.resolve_precision("auto", _minilm()) == "no"

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from xfer.data.task import Split
+from xfer.train import place, run_inference, to_device
 
 
 def cache_dir() -> Path:
@@ -45,8 +47,6 @@ def cache_key(source_id: str, splits: list[Split], prep: dict, adapt_bn: bool) -
 
 
 def compute_features(model, loader, accelerator, channels_last: bool = True) -> torch.Tensor:
-    from xfer.train import place, run_inference
-
     place(model, accelerator, channels_last)
     return run_inference(model, model.embed, loader, accelerator, channels_last)
 
@@ -58,10 +58,6 @@ def adapt_batchnorm(model, loader, accelerator, channels_last: bool = True) -> b
     ImageNet's), and a later fine-tuning phase that switches BN to batch statistics does not shift the features
     under the trained head. Returns False when the model has no BatchNorm.
     """
-    from torch import nn
-
-    from xfer.train import place, to_device
-
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return False
