@@ -80,7 +80,7 @@ def test_best_epoch_weights_are_kept():
     seen = []
     states = []
 
-    def on_epoch(rec):
+    def on_epoch(rec, state):
         seen.append(rec.val_accuracy)
         states.append(_snapshot(model))
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,16 +18,16 @@ from xfer import runs
 from xfer.config import FitConfig, make_config
 from xfer.data import load_task
 from xfer.data.readers import read_labelled
-from xfer.data.loaders import (ImageBatches, TensorBatches, TextBatches, TextPrep, batches, image_prep,
-                               load_tokenizer, prep_from_dict)
-from xfer.data.task import Split, Task
+from xfer.data.loaders import (ImageBatches, TextBatches, TextPrep, batches, image_prep, load_tokenizer,
+                               prep_from_dict)
+from xfer.data.task import Split, Task, few_shot
 from xfer.errors import XferError
 from xfer.evaluate import classification_metrics, transfer_gain
-from xfer.features import cache_key, probe_features
-from xfer.models import TransferModel, build_image_model, build_text_model
+from xfer.models import TransferModel, add_lora, build_image_model, build_text_model, has_lora, merge_lora
+from xfer.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
 from xfer.sources import DEFAULT_SOURCE, LoadedSource, load_source, resolve_source
-from xfer.strategies import make_plan, Plan
-from xfer.train import LoopConfig, make_accelerator, place, predict_logits, seed_everything, train_phase
+from xfer.strategies import make_plan
+from xfer.train import make_accelerator, place, predict_logits, seed_everything
 from xfer.transfer import TransferReport, transfer
 
 SPEC_FORMAT = 1
@@ -108,44 +109,19 @@ def _log(cfg: FitConfig) -> Callable[[str], None]:
 def build_model(spec: dict, hf_dir: Path | None = None) -> TransferModel:
     """Rebuild the target architecture from a run spec (no source download needed)."""
     if spec["modality"] == "image":
-        return build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
-                                 spec["prep"]["size"])
-    return build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"))
+        model = build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
+                                  spec["prep"]["size"])
+    else:
+        model = build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"))
+    if spec.get("lora"):
+        add_lora(model, spec["lora"])
+    return model
 
 
 def _datasets(task: Task, spec: dict, tokenizer) -> dict:
     prep = prep_from_dict(spec["prep"])
     make = (lambda s: ImageBatches(s, prep)) if task.modality == "image" else (lambda s: TextBatches(s, tokenizer, prep))
     return {name: make(getattr(task, name)) for name in ("train", "val", "test")}
-
-
-def run_plan(model: TransferModel, plan: Plan, data: dict, cfg: FitConfig, feature_id: str | None,
-             tasks: Task, log) -> list[dict]:
-    """Run every phase of a plan; head-only cached phases train on stored features."""
-    loop = LoopConfig(batch_size=cfg.batch_size, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
-                      warmup=cfg.warmup, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
-                      patience=cfg.patience, grad_accum=cfg.grad_accum, channels_last=cfg.channels_last,
-                      quiet=cfg.quiet)
-    acc = make_accelerator(cfg.precision, cfg.grad_accum, model)
-    history: list[dict] = []
-    for i, phase in enumerate(plan.phases):
-        seed_everything(cfg.seed + i)
-        names = phase.trainable(model)
-        if phase.cached_features:
-            loaders = [batches(data[s], 256, shuffle=False, num_workers=cfg.num_workers) for s in ("train", "val")]
-            key = (cache_key(feature_id, [tasks.train, tasks.val], data["prep"], cfg.bn_adapt)
-                   if feature_id else None)
-            f_train, f_val = probe_features(model, *loaders, acc, key, cfg.bn_adapt, log)
-            train = batches(TensorBatches(f_train, data["train"].labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
-            val = batches(TensorBatches(f_val, data["val"].labels), 1024, shuffle=False)
-            recs = train_phase(model.head, phase, {n[len("head."):] for n in names}, train, val, acc, loop, log)
-        else:
-            train = batches(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + i,
-                            num_workers=cfg.num_workers)
-            val = batches(data["val"], cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
-            recs = train_phase(model, phase, names, train, val, acc, loop, log)
-        history += [r.__dict__ for r in recs]
-    return history
 
 
 def _evaluate_splits(model, data: dict, labels, cfg: FitConfig) -> dict:
@@ -182,6 +158,8 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
     task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
                      image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
                      test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if cfg.shots:
+        task = few_shot(task, cfg.shots, cfg.seed)
     cfg = cfg.resolved(task.modality)
     log(task.describe())
     for note in task.notes:
@@ -192,6 +170,7 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
                         f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}.")
     out = Path(cfg.out) if cfg.out else _default_out(cfg, spec_src.name, task)
     runs.check_destination(out, cfg.overwrite)
+    ckpt, resume = _checkpoint(cfg, out)
     source = load_source(spec_src)
     log(f"source: {spec_src.name} ({spec_src.description})")
 
@@ -206,11 +185,24 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
     data = _datasets(task, spec, tokenizer)
     data["prep"] = spec["prep"]
     plan = make_plan(cfg.strategy, cfg)
+    if resume is not None:
+        log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"
+            + (f", after epoch {resume.state.epoch}" if resume.state else "") + ")")
     start = time.perf_counter()
-    history = run_plan(model, plan, data, cfg, f"{spec_src.name}:{spec_src.sha256}", task, log)
+    history, extras = run_plan(model, plan, data, cfg, f"{spec_src.name}:{spec_src.sha256}", task, log,
+                               ckpt if cfg.checkpoint else None, resume)
     train_seconds = time.perf_counter() - start
+    n_trainable = trainable_params(model, plan)
+    if has_lora(model):
+        spec["lora"] = plan.options["lora"]
+        if cfg.merge:
+            merge_lora(model)
+            spec["lora"] = None
     metrics = _evaluate_splits(model, data, task.labels, cfg)
+    metrics.update(extras)
     metrics["train_seconds"] = train_seconds
+    metrics["trainable_params"] = n_trainable
+    metrics["total_params"] = sum(p.numel() for p in model.parameters())
     log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
         f"(trained in {train_seconds:.0f}s)")
 
@@ -224,8 +216,34 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
 
     run = Run(model.cpu().to(memory_format=torch.contiguous_format), spec, out, metrics, report, history, tokenizer)
     _save(run, cfg, source)
+    shutil.rmtree(ckpt, ignore_errors=True)
     log(f"run saved to {out}")
     return run
+
+
+def _checkpoint(cfg: FitConfig, out: Path):
+    """The checkpoint folder beside `out`, and what to resume from: an interrupted fit's checkpoint is never
+    discarded silently (it needs --resume or --overwrite)."""
+    ckpt = checkpoint_dir(out)
+    if cfg.resume:
+        if not ckpt.exists():
+            raise XferError(f"Nothing to resume: {ckpt} does not exist. Run without --resume to start this fit.")
+        resume = load_checkpoint(ckpt)
+        check_resumable(resume, cfg.to_dict(), ckpt)
+        return ckpt, resume
+    if ckpt.exists():
+        if not cfg.overwrite:
+            raise XferError(f"An interrupted fit left a checkpoint at {ckpt}. Pass --resume (with the same options) "
+                            f"to continue it, or --overwrite to start over.")
+        shutil.rmtree(ckpt)
+    return ckpt, None
+
+
+def trainable_params(model: TransferModel, plan) -> int:
+    """Parameters the plan trained at some point (LoRA: adapters + head; bitfit: biases + head)."""
+    names = set().union(*(phase.trainable(model) for phase in plan.phases)) if not has_lora(model) else {
+        n for n, _ in model.named_parameters() if ".lora_" in n or n.startswith("head.")}
+    return sum(p.numel() for n, p in model.named_parameters() if n in names)
 
 
 def _make_spec(cfg: FitConfig, task: Task, source: LoadedSource) -> tuple[dict, object]:
@@ -251,7 +269,7 @@ def _baseline(cfg, spec, source, data, task, plan, log) -> dict:
     # Nothing is pretrained here, so nothing is kept frozen: embedding tables train too.
     base_cfg = replace(cfg, strategy="full", epochs=max(1, plan.backbone_epochs), freeze_embeddings=False)
     start = time.perf_counter()
-    history = run_plan(model, make_plan("full", base_cfg), data, base_cfg, None, task, log)
+    history, _ = run_plan(model, make_plan("full", base_cfg), data, base_cfg, None, task, log)
     metrics = _evaluate_splits(model, data, task.labels, cfg)
     metrics["train_seconds"] = time.perf_counter() - start
     metrics["history"] = history

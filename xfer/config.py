@@ -12,9 +12,9 @@ from xfer.errors import XferError
 
 # Defaults that depend on the modality; None in FitConfig means "take these".
 MODALITY_DEFAULTS = {
-    "image": {"epochs": 5, "lr": 1e-3, "batch_size": 64, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.0,
+    "image": {"epochs": 5, "lr": 1e-3, "peft_lr": 3e-3, "batch_size": 64, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.0,
               "freeze_embeddings": False, "encoder_dropout": None},
-    "text": {"epochs": 2, "lr": 1e-4, "batch_size": 32, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.1,
+    "text": {"epochs": 2, "lr": 1e-4, "peft_lr": 1e-3, "batch_size": 32, "lp_epochs": 10, "lp_lr": 3e-3, "dropout": 0.1,
              "freeze_embeddings": True, "encoder_dropout": 0.0},
 }
 
@@ -28,6 +28,7 @@ class FitConfig:
     text_column: str | None = None
     image_column: str | None = None
     label_column: str | None = None
+    shots: int | None = None  # few-shot: keep this many training (and validation) examples per class, seeded
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     image_size: int | None = None  # None: ~2x a small image's side (MNIST: 64), else the source's own size
@@ -47,6 +48,16 @@ class FitConfig:
     encoder_dropout: float | None = None  # text encoders' own dropout; None keeps the source's
     freeze_embeddings: bool | None = None  # keep token/position embedding tables fixed (text default)
     bn_adapt: bool = True  # re-estimate BatchNorm statistics on the target data before a linear probe (AdaBN)
+    bn_policy: str = "auto"  # BatchNorm statistics while training: auto | frozen | train
+    layer_decay: float = 0.75  # layer-decay: each layer down trains this many times slower
+    unfreeze_factor: float = 2.6  # gradual-unfreeze: each group down trains this many times slower (ULMFiT)
+    l2sp_alpha: float = 0.01  # l2-sp: pull of transferred weights towards the source
+    l2sp_beta: float = 0.01  # l2-sp: weight decay of the new head
+    peft_lr: float | None = None  # learning rate of bitfit and lora (image 3e-3, text 1e-3)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    merge: bool = False  # lora: save the adapters folded into the base weights (a plain model)
     # loop
     batch_size: int | None = None
     optimizer: str = "adamw"
@@ -64,6 +75,8 @@ class FitConfig:
     baseline: bool = False  # also train the same architecture from scratch with the same budget
     out: str | None = None
     overwrite: bool = False
+    checkpoint: bool = True  # keep a checkpoint after every epoch beside the run folder, for --resume
+    resume: bool = False  # continue an interrupted fit from its checkpoint (same options, same --out)
     quiet: bool = False
 
     def resolved(self, modality: str) -> "FitConfig":
@@ -110,6 +123,7 @@ HELP = {
     "text_column": "text column of a table (default: text, sentence, review, ...)",
     "image_column": "image path column of a table, relative to the table (default: image, path, file, ...)",
     "label_column": "label column of a table (default: label, class, category, ...)",
+    "shots": "few-shot: keep only this many training and validation examples per class (seeded; test unchanged)",
     "val_fraction": "validation share of a seeded stratified split, when no validation data is given",
     "test_fraction": "test share of a seeded stratified split, when no test data is given",
     "image_size": "input side in pixels (default: ~2x small images' side, at least 64, rounded up to a multiple of 32; else the source's size)",
@@ -117,7 +131,7 @@ HELP = {
     "source": "source to transfer from (see `xfer sources`); default: best offline source for the modality",
     "arch": "timm architecture for a file: source",
     "allow_partial_transfer": "accept a transfer that fills less than half of the backbone",
-    "strategy": "linear-probe | full | partial | lp-ft",
+    "strategy": "linear-probe | full | partial | lp-ft | layer-decay | gradual-unfreeze | l2-sp | bitfit | lora | wise-ft",
     "epochs": "full-network epochs (image 5, text 2)",
     "lr": "peak learning rate of full-network phases (image 1e-3, text 1e-4)",
     "lp_epochs": "linear-probe epochs on cached features (10)",
@@ -127,6 +141,16 @@ HELP = {
     "encoder_dropout": "text: the encoder's own hidden/attention dropout (default 0: ~1.4x faster CPU steps; see README)",
     "freeze_embeddings": "keep token/position embedding tables fixed while fine-tuning (text: on)",
     "bn_adapt": "re-estimate BatchNorm statistics on the target data before a linear probe (AdaBN)",
+    "bn_policy": "BatchNorm statistics: auto (frozen in frozen layers) | frozen (everywhere) | train (everywhere)",
+    "layer_decay": "layer-decay: rate multiplier per layer down from the head, lr_l = lr * decay^(L-l)",
+    "unfreeze_factor": "gradual-unfreeze: each block group trains this many times slower than the one above",
+    "l2sp_alpha": "l2-sp: alpha of alpha/2 ||w - w_source||^2 on transferred weights",
+    "l2sp_beta": "l2-sp: beta of beta/2 ||w||^2 on the new head",
+    "peft_lr": "learning rate of bitfit and lora (image 3e-3, text 1e-3)",
+    "lora_r": "lora: rank of the adapters",
+    "lora_alpha": "lora: scaling numerator (updates scaled by alpha/r)",
+    "lora_dropout": "lora: dropout on the adapters' input",
+    "merge": "lora: save the adapters merged into the base weights",
     "batch_size": "batch size (image 64, text 32)",
     "optimizer": "adamw | adam | sgd",
     "weight_decay": "weight decay (not on biases and norms)",
@@ -142,5 +166,7 @@ HELP = {
     "baseline": "also train the same architecture from scratch with the same budget and report the gain",
     "out": "run folder (default: runs/<data>-<source>-<strategy>-<time>)",
     "overwrite": "replace an existing run folder",
+    "checkpoint": "keep a checkpoint after every epoch (<out>.checkpoint), removed when the run is saved",
+    "resume": "continue an interrupted fit from <out>.checkpoint (same options and --out)",
     "quiet": "print nothing but errors",
 }

@@ -75,26 +75,68 @@ def build_text_model(config_dir: Path, num_classes: int, dropout: float = 0.1,
     return TransferModel(backbone, config.hidden_size, num_classes, "text", dropout)
 
 
-def block_groups(model: TransferModel) -> list[list[str]]:
-    """Backbone parameter names grouped by depth, input side first (stem, blocks..., final layers).
+def layer_ids(model: TransferModel, coarse: bool = False) -> dict[str, int]:
+    """Depth of every parameter, 0 at the input; the head is one layer above the deepest backbone layer.
 
-    Strategies use it for "the last k blocks", and later for layer-wise rates and gradual unfreezing.
+    Computed over all parameters, frozen or not, so freezing a part never shifts the depths (the pitfall of
+    computing layer-decay groups from trainable parameters only). Image backbones use timm's own grouping (`coarse`:
+    stages, else blocks); transformer encoders use the encoder layer index, embeddings at 0.
     """
-    names = [n for n, _ in model.backbone.named_parameters()]
+    backbone = model.backbone
     if model.modality == "image":
         from timm.models import group_parameters
 
-        groups = group_parameters(model.backbone, model.backbone.group_matcher(coarse=True))
-        ordered = [groups[k] for k in sorted(groups)]
+        ids = group_parameters(backbone, backbone.group_matcher(coarse=coarse), reverse=True)
+        ids = {f"backbone.{n}": int(i) for n, i in ids.items()}
     else:
         def depth(name: str) -> int:
             m = re.search(r"\.layers?\.(\d+)\.", name)
             if m:
                 return int(m.group(1)) + 1
-            return 0 if "embed" in name else 10_000
+            return 0 if "embed" in name else 10_000  # final norms and poolers sit on top of the last layer
 
-        by_depth: dict[int, list[str]] = {}
-        for n in names:
-            by_depth.setdefault(depth(n), []).append(n)
-        ordered = [by_depth[k] for k in sorted(by_depth)]
-    return [[f"backbone.{n}" for n in g] for g in ordered]
+        raw = {f"backbone.{n}": depth(n) for n, _ in backbone.named_parameters()}
+        order = {d: i for i, d in enumerate(sorted(set(raw.values())))}
+        ids = {n: order[d] for n, d in raw.items()}
+    top = max(ids.values(), default=-1) + 1
+    ids.update({n: top for n, _ in model.named_parameters() if n.startswith("head.")})
+    return ids
+
+
+def block_groups(model: TransferModel) -> list[list[str]]:
+    """Backbone parameter names grouped by depth, input side first (stem, stages or layers..., final layers).
+
+    Used for "the last k blocks" (partial) and the groups of gradual unfreezing.
+    """
+    by_id: dict[int, list[str]] = {}
+    for n, i in layer_ids(model, coarse=True).items():
+        if not n.startswith("head."):
+            by_id.setdefault(i, []).append(n)
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def lora_targets(model: TransferModel) -> list[str]:
+    """Backbone layers LoRA adapts: every Linear and every ungrouped Conv2d (PEFT cannot merge depthwise convs)."""
+    return [n for n, m in model.backbone.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+
+
+def add_lora(model: TransferModel, options: dict) -> None:
+    """Wrap the backbone with PEFT LoRA adapters (Hu et al., ICLR 2022); the head stays a plain layer of the
+    TransferModel, so it is trained and saved with the adapters, never dropped."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=options["r"], lora_alpha=options["alpha"], lora_dropout=options["dropout"],
+                        target_modules=options.get("targets") or lora_targets(model), bias="none")
+    model.backbone = get_peft_model(model.backbone, config)
+
+
+def has_lora(model: TransferModel) -> bool:
+    return hasattr(model.backbone, "merge_and_unload")
+
+
+def merge_lora(model: TransferModel) -> TransferModel:
+    """Fold the adapters into the base weights (W + BA * alpha/r): a plain model, same predictions."""
+    if has_lora(model):
+        model.backbone = model.backbone.merge_and_unload()
+    return model

@@ -111,6 +111,10 @@ def verify_run(folder: Path) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise XferError(f"Run folder {folder} does not exist. Give the folder that `xfer fit` wrote (runs/<name>).")
+    _verify_sums(folder, (WEIGHTS, SPEC))
+
+
+def _verify_sums(folder: Path, required: tuple[str, ...]) -> None:
     sums = folder / SUMS
     if not sums.exists():
         raise XferError(f"{folder} is not an xfer run (no {SUMS}). Give the folder that `xfer fit` wrote.")
@@ -118,13 +122,34 @@ def verify_run(folder: Path) -> None:
     for line in sums.read_text().splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
-    for required in (WEIGHTS, SPEC):
-        if required not in listed:
-            raise XferError(f"{folder}/{SUMS} does not list {required}; the run folder was altered.")
+    for name in required:
+        if name not in listed:
+            raise XferError(f"{folder}/{SUMS} does not list {name}; the folder was altered.")
     bad = [n for n, d in listed.items() if not (folder / n).is_file() or _sha256(folder / n) != d]
     if bad:
         raise XferError(f"Run folder {folder} was modified after it was written: checksum mismatch or missing file "
                         f"for {', '.join(bad)}. Refusing to load it; re-run `xfer fit` or restore the original files.")
+
+
+def save_tensor_folder(folder: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
+    """A folder of named safetensors files plus meta.json, replaced as a whole (checkpoints: the previous one stays
+    intact until the new one is complete)."""
+    from safetensors.torch import save
+
+    with new_run(folder, overwrite=True) as tmp:
+        for name, state in tensors.items():
+            atomic_write(tmp / f"{name}.safetensors",
+                         save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+        write_json(tmp / "meta.json", meta)
+
+
+def load_tensor_folder(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    _verify_sums(folder, ("meta.json",))
+    tensors = {p.stem: load_file(str(p)) for p in folder.glob("*.safetensors")}
+    return tensors, read_json(folder, "meta.json")
 
 
 def read_json(folder: Path, name: str) -> dict:

@@ -7,10 +7,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from xfer.errors import XferError
-from xfer.models import TransferModel, block_groups
+from xfer.models import TransferModel, block_groups, layer_ids
 
 Selector = Callable[[TransferModel], set[str]]
+
+
+@dataclass(frozen=True)
+class L2SP:
+    """The L2-SP penalty (Li et al., ICML 2018): alpha/2 ||w - w0||^2 on transferred weights (w0: their values when
+    the phase starts, i.e. the source's) and beta/2 ||w||^2 on the new head; it replaces weight decay on both."""
+
+    alpha: float
+    beta: float
 
 
 @dataclass(frozen=True)
@@ -18,9 +29,13 @@ class Phase:
     name: str
     epochs: int
     lr: float
-    trainable: Selector  # names of the parameters that train in this phase; all others are frozen
+    trainable: Selector  # every parameter that trains at some point of this phase; all others stay frozen
     cached_features: bool = False  # head-only phase: train on backbone features computed once and cached
-    bn: str = "frozen"  # BatchNorm statistics of frozen parts: "frozen" (eval mode) or "train"
+    bn: str = "auto"  # BatchNorm statistics: auto (frozen where the layer's parameters are) | frozen | train
+    lr_scales: Callable[[TransferModel], dict[str, float]] | None = None  # per-parameter multipliers of lr
+    unfreeze: Callable[[TransferModel, int], set[str]] | None = None  # epoch (from 1) -> the subset that trains
+    penalty: L2SP | None = None
+    lora: dict | None = None  # wrap the backbone with these LoRA adapters before the phase
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,7 @@ class Plan:
     strategy: str
     phases: tuple[Phase, ...]
     options: dict = field(default_factory=dict)
+    wise_ft: bool = False  # after the last phase, interpolate towards the probe-phase weights (choose on val)
 
     @property
     def backbone_epochs(self) -> int:
@@ -69,8 +85,58 @@ def last_blocks(k: int) -> Selector:
     return select
 
 
+def biases(model: TransferModel) -> set[str]:
+    """Bias terms, including the shift (beta) of every norm layer: what BitFit trains."""
+    return {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+
+
+def adapters(model: TransferModel) -> set[str]:
+    return {n for n, _ in model.named_parameters() if ".lora_" in n}
+
+
+def decayed_rates(decay: float) -> Callable[[TransferModel], dict[str, float]]:
+    """lr_l = lr * decay^(L - l): the head (depth L) at the full rate, each layer below it `decay` times slower
+    (Howard & Ruder 2018; Clark et al. 2020; BEiT). Depths come from models.layer_ids (timm's block grouping)."""
+    if not 0 < decay <= 1:
+        raise XferError(f"--layer-decay must be in (0, 1], got {decay}.")
+
+    def scales(model: TransferModel) -> dict[str, float]:
+        ids = layer_ids(model)
+        top = max(ids.values())
+        return {n: decay ** (top - i) for n, i in ids.items()}
+
+    return scales
+
+
+def _top_down_groups(model: TransferModel) -> list[set[str]]:
+    """The head, then the backbone's blocks from the top: the order in which gradual unfreezing opens them."""
+    return [head_only(model)] + [set(g) for g in reversed(block_groups(model))]
+
+
+def discriminative_rates(factor: float) -> Callable[[TransferModel], dict[str, float]]:
+    """ULMFiT's discriminative fine-tuning: each group trains `factor` times slower than the one above it."""
+    def scales(model: TransferModel) -> dict[str, float]:
+        return {n: factor ** -d for d, g in enumerate(_top_down_groups(model)) for n in g}
+
+    return scales
+
+
+def unfreeze_from_top(allowed: Selector) -> Callable[[TransferModel, int], set[str]]:
+    """Epoch e trains the top e groups (the head alone in epoch 1): a function of the epoch only, so a resumed run
+    opens exactly the groups an uninterrupted one would."""
+    def at(model: TransferModel, epoch: int) -> set[str]:
+        groups = _top_down_groups(model)
+        return set().union(*groups[:max(1, epoch)]) & allowed(model)
+
+    return at
+
+
 def _probe(cfg) -> Phase:
     return Phase("linear-probe", cfg.lp_epochs, cfg.lp_lr, head_only, cached_features=True)
+
+
+def _fine_tune(cfg, name: str = "fine-tune", **extra) -> Phase:
+    return Phase(name, cfg.epochs, cfg.lr, fine_tuned(cfg), bn=cfg.bn_policy, **extra)
 
 
 def linear_probe(cfg) -> Plan:
@@ -80,19 +146,66 @@ def linear_probe(cfg) -> Plan:
 
 def full(cfg) -> Plan:
     """Every parameter trains at one rate from the start."""
-    return Plan("full", (Phase("full", cfg.epochs, cfg.lr, fine_tuned(cfg), bn="train"),))
+    return Plan("full", (_fine_tune(cfg, "full"),))
 
 
 def partial(cfg) -> Plan:
     """Only the last k blocks of the backbone and the head train; earlier blocks keep their BN statistics."""
-    return Plan("partial", (Phase("partial", cfg.epochs, cfg.lr, last_blocks(cfg.partial_blocks)),),
+    return Plan("partial", (Phase("partial", cfg.epochs, cfg.lr, last_blocks(cfg.partial_blocks), bn=cfg.bn_policy),),
                 {"partial_blocks": cfg.partial_blocks})
 
 
 def lp_ft(cfg) -> Plan:
     """Linear probe, then full fine-tuning from that head (Kumar et al., ICLR 2022): a trained head keeps the first
     fine-tuning steps from distorting the pretrained features."""
-    return Plan("lp-ft", (_probe(cfg), Phase("fine-tune", cfg.epochs, cfg.lr, fine_tuned(cfg), bn="train")))
+    return Plan("lp-ft", (_probe(cfg), _fine_tune(cfg)))
+
+
+def layer_decay(cfg) -> Plan:
+    """Everything trains, lower layers at geometrically smaller rates: general features move least."""
+    return Plan("layer-decay", (_fine_tune(cfg, "layer-decay", lr_scales=decayed_rates(cfg.layer_decay)),),
+                {"layer_decay": cfg.layer_decay})
+
+
+def gradual_unfreeze(cfg) -> Plan:
+    """ULMFiT (Howard & Ruder, ACL 2018): the head alone first, then one more block group per epoch from the top,
+    each group at 1/factor of the rate of the group above it."""
+    phase = Phase("gradual-unfreeze", cfg.epochs, cfg.lr, fine_tuned(cfg), bn=cfg.bn_policy,
+                  lr_scales=discriminative_rates(cfg.unfreeze_factor), unfreeze=unfreeze_from_top(fine_tuned(cfg)))
+    return Plan("gradual-unfreeze", (phase,), {"unfreeze_factor": cfg.unfreeze_factor})
+
+
+def l2_sp(cfg) -> Plan:
+    """Full fine-tuning pulled towards the source weights instead of towards zero."""
+    penalty = L2SP(cfg.l2sp_alpha, cfg.l2sp_beta)
+    return Plan("l2-sp", (_fine_tune(cfg, "l2-sp", penalty=penalty),),
+                {"l2sp_alpha": cfg.l2sp_alpha, "l2sp_beta": cfg.l2sp_beta})
+
+
+def bitfit(cfg) -> Plan:
+    """Only the biases and the new head train (Ben Zaken et al., ACL 2022): ~0.1-1% of the parameters."""
+    select = lambda model: biases(model) | head_only(model)  # noqa: E731
+    return Plan("bitfit", (Phase("bitfit", cfg.epochs, cfg.peft_lr, select, bn=cfg.bn_policy),))
+
+
+def lora(cfg) -> Plan:
+    """LoRA adapters (through PEFT) on the backbone's linear and ungrouped conv layers, after a linear probe; the
+    base weights stay frozen, the adapters and the head train."""
+    options = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout}
+    select = lambda model: adapters(model) | head_only(model)  # noqa: E731
+    phase = Phase("lora", cfg.epochs, cfg.peft_lr, select, bn=cfg.bn_policy, lora=options)
+    return Plan("lora", (_probe(cfg), phase), {"lora": options})
+
+
+def wise_ft(cfg) -> Plan:
+    """LP-FT, then WiSE-FT (Wortsman et al., CVPR 2022): theta = (1-a) theta_lp + a theta_ft, with `a` chosen
+    on the validation split; keeps the probe's robustness where fine-tuning overfits."""
+    return Plan("wise-ft", (_probe(cfg), _fine_tune(cfg)), wise_ft=True)
+
+
+def interpolate(theta0: dict, theta1: dict, a: float) -> dict:
+    """(1-a) theta0 + a theta1 for floating tensors; integer buffers (BN step counters) come from theta1."""
+    return {k: torch.lerp(theta0[k], v, a) if v.is_floating_point() else v for k, v in theta1.items()}
 
 
 STRATEGIES: dict[str, Callable] = {
@@ -100,11 +213,20 @@ STRATEGIES: dict[str, Callable] = {
     "full": full,
     "partial": partial,
     "lp-ft": lp_ft,
+    "layer-decay": layer_decay,
+    "gradual-unfreeze": gradual_unfreeze,
+    "l2-sp": l2_sp,
+    "bitfit": bitfit,
+    "lora": lora,
+    "wise-ft": wise_ft,
 }
 DEFAULT_STRATEGY = "lp-ft"
+BN_POLICIES = ("auto", "frozen", "train")
 
 
 def make_plan(name: str, cfg) -> Plan:
     if name not in STRATEGIES:
         raise XferError(f"Unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}.")
+    if cfg.bn_policy not in BN_POLICIES:
+        raise XferError(f"--bn-policy must be one of {', '.join(BN_POLICIES)}, got {cfg.bn_policy!r}.")
     return STRATEGIES[name](cfg)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from xfer.errors import XferError
-from xfer.strategies import Phase
+from xfer.strategies import Phase, interpolate
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -35,6 +35,7 @@ class LoopConfig:
     grad_accum: int = 1
     channels_last: bool = True
     quiet: bool = False
+    seed: int = 0  # each epoch's shuffling and dropout derive from (seed, epoch)
 
 
 def cpu_supports_bf16() -> bool:
@@ -80,28 +81,40 @@ def make_accelerator(precision: str, grad_accum: int = 1, model: nn.Module | Non
     return Accelerator(mixed_precision=mp, cpu=cpu, gradient_accumulation_steps=grad_accum)
 
 
-def set_trainable(model: nn.Module, names: set[str], bn_policy: str) -> None:
-    """Freeze all but `names`; BatchNorm layers whose parameters are all frozen keep their running statistics."""
+def set_trainable(model: nn.Module, names: set[str], bn_policy: str = "auto") -> None:
+    """Freeze all but `names` and set BatchNorm modes: `auto` keeps the running statistics of BN layers whose
+    parameters are all frozen, `frozen` keeps every BN layer's statistics, `train` updates them all."""
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)
     model.train()
-    if bn_policy == "frozen":
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                ps = list(m.parameters(recurse=False))
-                if ps and not any(p.requires_grad for p in ps):
-                    m.eval()
+    if bn_policy == "train":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if bn_policy == "frozen" or (ps and not any(p.requires_grad for p in ps)):
+                m.eval()
 
 
-def param_groups(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm weights (1-d tensors), as is standard for AdamW fine-tuning."""
-    decay, no_decay = [], []
-    for _, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-    return [g for g in groups if g["params"]]
+def param_groups(module: nn.Module, names: set[str], lr: float, weight_decay: float,
+                 scales: dict[str, float] | None = None, no_decay: set[str] = frozenset()) -> list[dict]:
+    """Optimizer groups over `names`, one per (rate multiplier, decay) pair, each with its final rate in "lr".
+
+    Biases and norm weights (1-d) get no weight decay, nor do the names in `no_decay` (weights an L2-SP penalty
+    regularises instead). The multiplier is folded into "lr" itself rather than left as an "lr_scale" key, which
+    only timm's own schedulers read (the pitfall of timm issue #2691); any torch scheduler keeps the ratios.
+    """
+    groups: dict[tuple[float, bool], dict] = {}
+    for n, p in module.named_parameters():
+        if n not in names:
+            continue
+        scale = 1.0 if scales is None else scales.get(n, 1.0)
+        decay = p.ndim > 1 and n not in no_decay
+        g = groups.setdefault((scale, decay), {"params": [], "names": [], "lr": lr * scale,
+                                               "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale})
+        g["params"].append(p)
+        g["names"].append(n)
+    return sorted(groups.values(), key=lambda g: (-g["lr_scale"], -g["weight_decay"]))
 
 
 def make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
@@ -165,6 +178,15 @@ def predict_logits(module: nn.Module, loader, accelerator, channels_last: bool =
     return run_inference(module, module, loader, accelerator, channels_last)
 
 
+def _progress(quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
+                               "{task.fields[rate]:.0f} samples/s"),
+                    TimeRemainingColumn(), disable=quiet, transient=True)
+
+
 @dataclass
 class EpochRecord:
     phase: str
@@ -175,15 +197,56 @@ class EpochRecord:
     lr: float
     seconds: float
     samples_per_s: float
+    trainable_params: int = 0
 
 
-def _progress(quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+@dataclass
+class PhaseState:
+    """Where a phase stands after an epoch: everything a checkpoint needs to resume it exactly."""
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
-                               "{task.fields[rate]:.0f} samples/s"),
-                    TimeRemainingColumn(), disable=quiet, transient=True)
+    epoch: int = 0  # epochs completed
+    best_accuracy: float = -1.0
+    stale: int = 0
+    best_state: dict | None = None
+    records: list = field(default_factory=list)
+    trainable: list[str] = field(default_factory=list)  # what trained in the last completed epoch
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    done: bool = False
+
+
+class L2SPGradient:
+    """Adds the gradient of the L2-SP penalty after each backward pass: alpha (w - w0) on transferred weights,
+    beta w on the head. Adding the gradient equals adding alpha/2 ||w - w0||^2 + beta/2 ||w||^2 to the loss, without
+    building that term into the autograd graph every step."""
+
+    def __init__(self, module: nn.Module, names: set[str], alpha: float, beta: float,
+                 anchors: dict[str, torch.Tensor] | None = None):
+        params = dict(module.named_parameters())
+        self.head = [params[n] for n in sorted(names) if n.startswith("head.") and params[n].ndim > 1]
+        self.transferred = [params[n] for n in sorted(names) if not n.startswith("head.")]
+        self.anchor_names = [n for n in sorted(names) if not n.startswith("head.")]
+        self.anchors = ([anchors[n] for n in self.anchor_names] if anchors is not None
+                        else [p.detach().clone() for p in self.transferred])
+        self.alpha, self.beta = alpha, beta
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.anchor_names, self.anchors))
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for ps, coef, ref in ((self.transferred, self.alpha, self.anchors), (self.head, self.beta, None)):
+            for i, p in enumerate(ps):
+                if p.grad is None:
+                    continue
+                p.grad.add_(p - ref[i] if ref is not None else p, alpha=coef)
+
+
+def _set_epoch(loader, seed: int) -> None:
+    sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
+    for s in (sampler, getattr(sampler, "sampler", None)):
+        if hasattr(s, "set_epoch"):
+            s.set_epoch(seed)
 
 
 def train_phase(
@@ -195,25 +258,50 @@ def train_phase(
     accelerator,
     cfg: LoopConfig,
     log: Callable[[str], None] = print,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_epoch: Callable[[EpochRecord, PhaseState], None] | None = None,
+    state: PhaseState | None = None,
+    scales: dict[str, float] | None = None,
+    unfreeze: Callable[[int], set[str]] | None = None,
+    anchors: dict[str, torch.Tensor] | None = None,
 ) -> list[EpochRecord]:
-    """Train `module` for one phase; returns one record per epoch and leaves the best epoch's weights loaded."""
+    """Train `module` for one phase; returns one record per epoch and leaves the best epoch's weights loaded.
+
+    `scales` multiplies the rate of each named parameter, `unfreeze(epoch)` picks the subset of `trainable` that
+    trains in each epoch, `anchors` are L2-SP's w0 (default: the weights as the phase starts). `state` resumes a
+    phase from a checkpoint; `on_epoch` receives the state after each epoch, to save one.
+    """
+    state = state or PhaseState()
     set_trainable(module, trainable, phase.bn)
     place(module, accelerator, cfg.channels_last)
-    optimizer = make_optimizer(cfg.optimizer, param_groups(module, phase.lr, cfg.weight_decay))
+    penalty = None
+    no_decay: set[str] = set()
+    if phase.penalty is not None:
+        penalty = L2SPGradient(module, trainable, phase.penalty.alpha, phase.penalty.beta, anchors)
+        no_decay = set(trainable)  # the penalty replaces weight decay on every weight it covers
+    optimizer = make_optimizer(cfg.optimizer, param_groups(module, trainable, phase.lr, cfg.weight_decay, scales,
+                                                           no_decay))
     steps_per_epoch = max(1, len(train_loader) // cfg.grad_accum)
     total = steps_per_epoch * phase.epochs
     scheduler = warmup_cosine(optimizer, total, int(cfg.warmup * total))
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     if accelerator.num_processes > 1:  # multi-process: shard batches across workers
         train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    params = [p for p in module.parameters() if p.requires_grad]
     device = accelerator.device
-    best_acc, best_state, stale = -1.0, None, 0
-    records: list[EpochRecord] = []
+    records: list[EpochRecord] = [EpochRecord(**r) for r in state.records]
 
-    for epoch in range(1, phase.epochs + 1):
+    for epoch in range(state.epoch + 1, phase.epochs + 1):
+        # Every epoch's randomness (shuffling, dropout) derives from (seed, epoch) alone: a resumed run replays
+        # exactly the batches an uninterrupted one would.
+        torch.manual_seed(cfg.seed * 10_007 + epoch)
+        _set_epoch(train_loader, cfg.seed * 10_007 + epoch)
+        active = unfreeze(epoch) if unfreeze else trainable
+        set_trainable(module, active, phase.bn)
+        params = [p for p in module.parameters() if p.requires_grad]
+        n_active = sum(p.numel() for p in params)
         start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         with _progress(cfg.quiet) as bar:
             task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(train_loader), loss=0.0, acc=0.0,
@@ -224,8 +312,11 @@ def train_phase(
                     logits = module(inputs).float()
                     loss = loss_fn(logits, labels)
                     accelerator.backward(loss)
-                    if cfg.grad_clip and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                    if accelerator.sync_gradients:
+                        if penalty is not None:
+                            penalty()
+                        if cfg.grad_clip:
+                            accelerator.clip_grad_norm_(params, cfg.grad_clip)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -241,28 +332,47 @@ def train_phase(
                             f"rate (now {phase.lr:g}) or use --precision no.")
         logits = predict_logits(module, val_loader, accelerator, cfg.channels_last)
         val_acc = float((logits.argmax(1).numpy() == val_loader.dataset.labels.numpy()).mean())
-        set_trainable(module, trainable, phase.bn)  # predict_logits switched to eval; restore the phase's modes
         rec = EpochRecord(phase.name, epoch, loss_sum / max(1, seen), correct / max(1, seen), val_acc,
-                          scheduler.get_last_lr()[0], seconds, seen / seconds)
+                          scheduler.get_last_lr()[0], seconds, seen / seconds, n_active)
         records.append(rec)
         log(f"{phase.name} epoch {epoch}/{phase.epochs}: loss {rec.train_loss:.4f}  train acc {rec.train_accuracy:.4f}"
-            f"  val acc {val_acc:.4f}  "
-            f"{seconds:.1f}s  {rec.samples_per_s:.0f} samples/s")
-        if on_epoch:
-            on_epoch(rec)
-        if val_acc > best_acc:
-            best_acc, stale = val_acc, 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            f"  val acc {val_acc:.4f}  {seconds:.1f}s  {rec.samples_per_s:.0f} samples/s"
+            + (f"  {n_active:,} trainable" if unfreeze else ""))
+        if val_acc > state.best_accuracy:
+            state.best_accuracy, state.stale = val_acc, 0
+            state.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
         else:
-            stale += 1
-            if cfg.patience and stale >= cfg.patience:
-                log(f"{phase.name}: early stop, no validation gain for {stale} epochs")
-                break
-    if best_state is not None:
-        module.load_state_dict(best_state)
+            state.stale += 1
+        state.epoch, state.records = epoch, [r.__dict__ for r in records]
+        state.trainable = sorted(active)
+        state.done = epoch == phase.epochs or bool(cfg.patience and state.stale >= cfg.patience)
+        if on_epoch:
+            state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+            on_epoch(rec, state)
+            state.optimizer = state.scheduler = None
+        if state.done and epoch < phase.epochs:
+            log(f"{phase.name}: early stop, no validation gain for {state.stale} epochs")
+            break
+    if state.best_state is not None:
+        module.load_state_dict(state.best_state)
     for p in module.parameters():
         p.requires_grad_(True)
     return records
+
+
+def choose_interpolation(module: nn.Module, theta0: dict, theta1: dict, val_loader, accelerator, channels_last: bool,
+                         alphas=tuple(i / 10 for i in range(11))) -> list[dict]:
+    """WiSE-FT's choice: validation accuracy of (1-a) theta0 + a theta1 for each `a`; loads the best one (the
+    larger `a` on ties, i.e. the fine-tuned end) and returns the curve."""
+    labels = val_loader.dataset.labels.numpy()
+    curve = []
+    for a in alphas:
+        module.load_state_dict(interpolate(theta0, theta1, a))
+        logits = predict_logits(module, val_loader, accelerator, channels_last)
+        curve.append({"alpha": a, "val_accuracy": float((logits.argmax(1).numpy() == labels).mean())})
+    best = max(curve, key=lambda c: (c["val_accuracy"], c["alpha"]))
+    module.load_state_dict(interpolate(theta0, theta1, best["alpha"]))
+    return curve
 
 
 def seed_everything(seed: int) -> None:

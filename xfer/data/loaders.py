@@ -154,6 +154,13 @@ class TensorBatches(Dataset):
         return self.features[idx], self.labels[idx], idx
 
 
+class SeededRandomSampler(RandomSampler):
+    """A random order whose generator can be reseeded at each epoch (exact resumption mid-training)."""
+
+    def set_epoch(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+
 class LengthGroupedSampler(torch.utils.data.Sampler):
     """Batches of similar length: shuffled for training (within chunks of 50 batches), sorted for evaluation.
 
@@ -162,6 +169,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
     def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False):
         self.lengths, self.batch_size, self.shuffle, self.drop_last = lengths, batch_size, shuffle, drop_last
+        self.rng = np.random.default_rng(seed)
+
+    def set_epoch(self, seed: int) -> None:
+        """Reseed the shuffle, so each epoch's order depends on its seed alone (exact resumption)."""
         self.rng = np.random.default_rng(seed)
 
     def __iter__(self):
@@ -194,7 +205,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
         sampler = LengthGroupedSampler(dataset.lengths, batch_size, shuffle, seed, drop_last)
     else:
         gen = torch.Generator().manual_seed(seed)
-        base = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+        base = SeededRandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
         sampler = BatchSampler(base, batch_size, drop_last)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
 

@@ -37,3 +37,28 @@ class Task:
     def describe(self) -> str:
         return (f"{self.name}: {self.modality}, {self.num_classes} classes, "
                 f"{len(self.train)}/{len(self.val)}/{len(self.test)} train/val/test")
+
+
+def few_shot(task: Task, shots: int, seed: int = 0) -> Task:
+    """The task with only `shots` training and validation examples per class (seeded); the test split is kept
+    whole, so few-shot results are measured on as many examples as full-data ones."""
+    from dataclasses import replace
+
+    from xfer.errors import XferError
+
+    if shots < 1:
+        raise XferError(f"--shots must be at least 1, got {shots}.")
+    rng = np.random.default_rng(seed)
+
+    def take(split: Split, what: str) -> Split:
+        idx = []
+        for c in range(task.num_classes):
+            members = np.flatnonzero(split.labels == c)
+            if len(members) < shots:
+                raise XferError(f"--shots {shots}: class {task.labels[c]!r} has only {len(members)} {what} "
+                                f"examples. Lower --shots.")
+            idx += sorted(rng.choice(members, shots, replace=False).tolist())
+        return split.subset(sorted(idx))
+
+    return replace(task, train=take(task.train, "training"), val=take(task.val, "validation"),
+                   notes=(*task.notes, f"few-shot: {shots} training and {shots} validation examples per class"))
