@@ -12,17 +12,6 @@ import xfer
 from xfer.errors import XferError
 
 
-def _image_folder(root: Path, n_per_class: int = 12) -> Path:
-    rng = np.random.default_rng(0)
-    for label, colour in (("red", 0), ("blue", 2)):
-        (root / label).mkdir(parents=True)
-        for i in range(n_per_class):
-            arr = rng.integers(0, 60, (24, 24, 3), dtype=np.uint8)
-            arr[..., colour] += 180
-            Image.fromarray(arr).save(root / label / f"{i}.png")
-    return root
-
-
 def _text_csv(path: Path) -> Path:
     good = ["a wonderful, moving film", "brilliant acting and a great story", "I loved every minute",
             "a delight from start to end", "superb and touching", "funny, warm and smart"]
@@ -34,9 +23,9 @@ def _text_csv(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory):
+def image_run(tmp_path_factory, image_folder):
     root = tmp_path_factory.mktemp("img")
-    data = _image_folder(root / "data")
+    data = image_folder
     return xfer.fit(data=str(data), source="mobilenet_v2", strategy="lp-ft", epochs=1, lp_epochs=3,
                     image_size=64, batch_size=8, out=str(root / "run"), quiet=True, baseline=True)
 

@@ -203,6 +203,7 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
     metrics["train_seconds"] = train_seconds
     metrics["trainable_params"] = n_trainable
     metrics["total_params"] = sum(p.numel() for p in model.parameters())
+    metrics["peak_memory_mb"] = peak_memory_mb()
     log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
         f"(trained in {train_seconds:.0f}s)")
 
@@ -237,6 +238,16 @@ def _checkpoint(cfg: FitConfig, out: Path):
                             f"to continue it, or --overwrite to start over.")
         shutil.rmtree(ckpt)
     return ckpt, None
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory on a GPU; on the CPU the process's peak resident memory (one fit per process gives
+    a per-fit figure, which is how `xfer compare` runs them)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def trainable_params(model: TransferModel, plan) -> int:
@@ -298,8 +309,27 @@ def _flat_metrics(m: dict) -> dict:
     out = dict(m)
     out["test.accuracy"] = m["test"]["accuracy"]
     out["test.macro_f1"] = m["test"]["macro_f1"]
+    out["val.accuracy"] = m["val"]["accuracy"]
     if "baseline" in m:
         out["baseline.test.accuracy"] = m["baseline"]["test"]["accuracy"]
+    return out
+
+
+def export(run_dir: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:
+    """A copy of a run as a new run folder, with LoRA adapters folded into the base weights when `merge`."""
+    src, out = Path(run_dir), Path(out)
+    run = load(src)
+    spec = dict(run.spec)
+    if merge and spec.get("lora"):
+        merge_lora(run.model)
+        spec["lora"] = None
+    with runs.new_run(out, overwrite) as tmp:
+        runs.save_weights(tmp, run.model.state_dict())
+        runs.write_json(tmp / runs.SPEC, spec)
+        for p in src.iterdir():
+            if p.name in (runs.WEIGHTS, runs.SPEC, runs.SUMS) or p.name.startswith("."):
+                continue
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import click
 
-from xfer.config import HELP, FitConfig
+from xfer.config import COMPARE_STRATEGIES, HELP, FitConfig
 from xfer.errors import XferError
 
 
@@ -20,12 +20,14 @@ def _console():
     return Console(highlight=False)
 
 
-def _fit_options(func):
+def _fit_options(func, exclude: tuple[str, ...] = ()):
     """One click option per FitConfig field; None defaults so only what the user typed overrides the YAML."""
-    for f in reversed(fields(FitConfig)):
+    for f in reversed([f for f in fields(FitConfig) if f.name not in exclude]):
         name = "--" + f.name.replace("_", "-")
         hint = f.type if not isinstance(f.type, str) else f.type
-        if "bool" in str(hint):
+        if f.name == "time_budget":  # a duration: 300, 90s, 5m, 1h
+            opt = click.option(name, f.name, type=str, default=None, help=HELP.get(f.name))
+        elif "bool" in str(hint):
             opt = click.option(f"{name}/--no-{name[2:]}", f.name, default=None, help=HELP.get(f.name))
         else:
             kind = int if "int" in str(hint) else float if "float" in str(hint) else str
@@ -127,6 +129,74 @@ def fit(config_file, **options):
         print_report(run.report, console)
         print_metrics(run.metrics, console)
         console.print(f"run folder: {run.path}")
+
+
+@cli.command()
+@click.option("--strategies", default=",".join(COMPARE_STRATEGIES), show_default=True,
+              help="comma-separated strategies to compare")
+@click.option("--seeds", default="0", show_default=True, help="comma-separated seeds; each strategy runs once per seed")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="YAML file with any fit option")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@lambda f: _fit_options(f, exclude=("strategy", "seed", "resume", "merge"))
+def compare(strategies, seeds, config_file, as_json, **options):
+    """Run several strategies on the same splits with the same budget; table, plot and a recommendation.
+
+    Each strategy is a normal run folder under --out (default runs/compare-<data>-<time>); runs made with the
+    same options are reused, and a failing strategy is reported without stopping the others.
+    """
+    import time
+    from pathlib import Path
+
+    from xfer.compare import TABLE_COLUMNS, compare as run_compare, format_table
+    from xfer.config import make_config
+
+    cfg = make_config(config_file, **options)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise XferError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    data_name = Path(cfg.data.replace("builtin:", "")).stem
+    out = Path(cfg.out or f"runs/compare-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    console = _console()
+    log = (lambda m: None) if (cfg.quiet or as_json) else (lambda m: console.print(m, soft_wrap=True))
+    result = run_compare(cfg, names, seed_list, out, log)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if cfg.quiet:
+        return
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE, title=f"{cfg.data}: strategies compared" + (f" ({cfg.shots}-shot)" if cfg.shots else "")
+              + (f", mean ± sd over seeds {seeds}" if len(seed_list) > 1 else ""))
+    for i, c in enumerate(TABLE_COLUMNS):
+        t.add_column(c, no_wrap=True, justify="left" if i == 0 else "right")
+    for row in format_table(result):
+        t.add_row(*row)
+    console.print(t)
+    rec = result["recommendation"]
+    if rec:
+        console.print(f"recommended: [bold]{rec['strategy']}[/] ({rec['reason']}; val acc {rec['val_accuracy']:.4f})")
+    for s in result["strategies"]:
+        if s.get("error"):
+            console.print(f"[red]{s['strategy']} failed:[/] {s['error']}")
+    console.print(f"written: {out / 'compare.json'}, {out / 'compare.png'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="folder for the exported run")
+@click.option("--merge/--no-merge", default=True, show_default=True,
+              help="fold LoRA adapters into the base weights (a plain model with the same predictions)")
+@click.option("--overwrite", is_flag=True, help="replace an existing folder at --out")
+def export(run_dir, out, merge, overwrite):
+    """Write a saved run as a new run folder, with LoRA adapters merged (checksums verified on the way)."""
+    from xfer.api import export as api_export
+
+    path = api_export(run_dir, out, merge=merge, overwrite=overwrite)
+    click.echo(f"exported {run_dir} -> {path}")
 
 
 @cli.command("eval")

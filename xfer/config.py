@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -67,9 +68,11 @@ class FitConfig:
     grad_clip: float = 1.0
     patience: int = 3
     grad_accum: int = 1
+    min_steps: int = 100  # a phase makes at least this many optimizer steps; tiny sets repeat within an epoch
     precision: str = "auto"  # auto | bf16 | fp16 | no
     channels_last: bool = True
     num_workers: int = 0
+    time_budget: float | None = None  # seconds of training (all phases); a phase stops when it is spent
     seed: int = 0
     # evaluation and output
     baseline: bool = False  # also train the same architecture from scratch with the same budget
@@ -89,6 +92,9 @@ class FitConfig:
 
 
 FIELDS = {f.name for f in fields(FitConfig)}
+# Options that change nothing that is computed: a run made with other values of these is still the same run.
+RESUME_FREE = frozenset({"out", "overwrite", "resume", "quiet", "checkpoint", "num_workers"})
+COMPARE_STRATEGIES = ("linear-probe", "lp-ft", "full", "layer-decay", "l2-sp", "bitfit", "lora")
 
 
 def make_config(config_file: str | Path | None = None, **overrides) -> FitConfig:
@@ -110,10 +116,22 @@ def make_config(config_file: str | Path | None = None, **overrides) -> FitConfig
     if unknown:
         hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, FIELDS, 1)) else u for u in unknown]
         raise XferError(f"Unknown option(s): {', '.join(hints)}. See `xfer fit --help` for the options.")
+    if "time_budget" in values:
+        values["time_budget"] = parse_duration(values["time_budget"])
     cfg = FitConfig(**values)
     if not cfg.data:
         raise XferError("No data given: pass --data (an image folder, a .csv/.tsv/.jsonl file, or builtin:<name>).")
     return cfg
+
+
+def parse_duration(value: str | float | int | None) -> float | None:
+    """Seconds from 300, "300s", "5m" or "1.5h"."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+    if not m:
+        raise XferError(f"Cannot read the duration {value!r}: give seconds (300), or 90s, 5m, 1.5h.")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 HELP = {
@@ -159,8 +177,11 @@ HELP = {
     "grad_clip": "clip gradients to this norm (0: off)",
     "patience": "stop a phase after this many epochs without validation gain (0: off)",
     "grad_accum": "gradient accumulation steps",
+    "min_steps": "each phase makes at least this many optimizer steps: a small training set is repeated within "
+                 "an epoch (few-shot); 0: off",
     "precision": "auto | bf16 | fp16 | no (auto: bf16 where the CPU/GPU supports it)",
     "channels_last": "channels-last memory format for CNNs",
+    "time_budget": "wall-clock training budget in seconds (or 90s, 5m, 1h): training stops when it is spent",
     "num_workers": "data loader worker processes",
     "seed": "random seed (splits, initialisation, batches)",
     "baseline": "also train the same architecture from scratch with the same budget and report the gain",

@@ -6,12 +6,14 @@ The loop itself (train.py) knows one phase; this module knows the order of phase
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from xfer import runs
+from xfer.config import RESUME_FREE
 from xfer.data.loaders import TensorBatches, batches
 from xfer.errors import XferError
 from xfer.features import cache_key, probe_features
@@ -20,8 +22,6 @@ from xfer.strategies import Plan
 from xfer.train import (LoopConfig, PhaseState, choose_interpolation, make_accelerator, seed_everything,
                         train_phase)
 
-# Options that may differ between an interrupted fit and its resumption without changing what is computed.
-RESUME_FREE = {"out", "overwrite", "resume", "quiet", "checkpoint", "num_workers"}
 
 
 @dataclass
@@ -97,6 +97,12 @@ def check_resumable(ck: Checkpoint, config: dict, folder: Path) -> None:
                         f"options, or pass --overwrite to start over.")
 
 
+def _min_batches(cfg, phase) -> int:
+    """Batches per epoch so the phase makes at least `min_steps` optimizer steps."""
+    steps = getattr(cfg, "min_steps", 0) or 0
+    return -(-steps * max(1, cfg.grad_accum) // max(1, phase.epochs))
+
+
 def _cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -109,6 +115,7 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str 
     `resume` continues from one (phases before it are skipped, the one in progress restarts at its next epoch).
     """
     acc = make_accelerator(cfg.precision, cfg.grad_accum, model)
+    deadline = time.perf_counter() + cfg.time_budget if getattr(cfg, "time_budget", None) else None
     start_phase = resume.phase if resume else 0
     history: list[dict] = list(resume.history) if resume else []
     snapshot = resume.snapshot if resume else None
@@ -138,7 +145,7 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str 
         loop = LoopConfig(batch_size=cfg.batch_size, optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
                           warmup=cfg.warmup, label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
                           patience=cfg.patience, grad_accum=cfg.grad_accum, channels_last=cfg.channels_last,
-                          quiet=cfg.quiet, seed=cfg.seed + i)
+                          quiet=cfg.quiet, seed=cfg.seed + i, deadline=deadline)
         state = resume.state if (resume is not None and i == start_phase) else None
         names = phase.trainable(model)
         if phase.cached_features:
@@ -146,13 +153,14 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str 
             key = (cache_key(feature_id, [task.train, task.val], data["prep"], cfg.bn_adapt)
                    if feature_id else None)
             f_train, f_val = probe_features(model, *loaders, acc, key, cfg.bn_adapt, log)
-            train = batches(TensorBatches(f_train, data["train"].labels), cfg.batch_size, shuffle=True, seed=cfg.seed)
+            train = batches(TensorBatches(f_train, data["train"].labels), cfg.batch_size, shuffle=True, seed=cfg.seed,
+                            min_batches=_min_batches(cfg, phase))
             val = batches(TensorBatches(f_val, data["val"].labels), 1024, shuffle=False)
             # Seconds per epoch: checkpoint only when the phase ends.
             recs = train_phase(model.head, phase, {n[len("head."):] for n in names}, train, val, acc, loop, log)
         else:
             train = batches(data["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + i,
-                            num_workers=cfg.num_workers)
+                            num_workers=cfg.num_workers, min_batches=_min_batches(cfg, phase))
             val = batches(data["val"], cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
             scales = phase.lr_scales(model) if phase.lr_scales else None
             unfreeze = (lambda e, p=phase: p.unfreeze(model, e)) if phase.unfreeze else None

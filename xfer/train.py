@@ -36,6 +36,7 @@ class LoopConfig:
     channels_last: bool = True
     quiet: bool = False
     seed: int = 0  # each epoch's shuffling and dropout derive from (seed, epoch)
+    deadline: float | None = None  # time.perf_counter() value at which training stops (a wall-clock budget)
 
 
 def cpu_supports_bf16() -> bool:
@@ -302,11 +303,14 @@ def train_phase(
         set_trainable(module, active, phase.bn)
         params = [p for p in module.parameters() if p.requires_grad]
         n_active = sum(p.numel() for p in params)
-        start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        start, seen, loss_sum, correct, out_of_time = time.perf_counter(), 0, 0.0, 0, False
         with _progress(cfg.quiet) as bar:
             task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(train_loader), loss=0.0, acc=0.0,
                                 rate=0.0)
             for inputs, labels, _ in train_loader:
+                if cfg.deadline is not None and time.perf_counter() > cfg.deadline:
+                    out_of_time = True
+                    break
                 inputs, labels = to_device(inputs, device, cfg.channels_last), labels.to(device)
                 with accelerator.accumulate(module), accelerator.autocast():
                     logits = module(inputs).float()
@@ -327,6 +331,9 @@ def train_phase(
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen,
                            rate=seen / (time.perf_counter() - start))
         seconds = time.perf_counter() - start
+        if seen == 0:  # the budget ran out before this epoch's first step
+            log(f"{phase.name}: time budget spent before epoch {epoch}")
+            break
         if not math.isfinite(loss_sum):
             raise XferError(f"Training diverged in phase {phase.name!r} (loss is {loss_sum}). Lower the learning "
                             f"rate (now {phase.lr:g}) or use --precision no.")
@@ -345,13 +352,14 @@ def train_phase(
             state.stale += 1
         state.epoch, state.records = epoch, [r.__dict__ for r in records]
         state.trainable = sorted(active)
-        state.done = epoch == phase.epochs or bool(cfg.patience and state.stale >= cfg.patience)
+        state.done = epoch == phase.epochs or out_of_time or bool(cfg.patience and state.stale >= cfg.patience)
         if on_epoch:
             state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
             on_epoch(rec, state)
             state.optimizer = state.scheduler = None
         if state.done and epoch < phase.epochs:
-            log(f"{phase.name}: early stop, no validation gain for {state.stale} epochs")
+            log(f"{phase.name}: time budget spent" if out_of_time else
+                f"{phase.name}: early stop, no validation gain for {state.stale} epochs")
             break
     if state.best_state is not None:
         module.load_state_dict(state.best_state)

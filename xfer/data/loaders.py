@@ -167,8 +167,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     Cuts padding, and so time, by half or more on short texts of mixed length.
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False):
+    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
+                 num_samples: int | None = None):
         self.lengths, self.batch_size, self.shuffle, self.drop_last = lengths, batch_size, shuffle, drop_last
+        self.num_samples = num_samples or len(lengths)
         self.rng = np.random.default_rng(seed)
 
     def set_epoch(self, seed: int) -> None:
@@ -180,7 +182,8 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             order = np.argsort(-self.lengths, kind="stable")
             yield from (order[i:i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size))
             return
-        perm = self.rng.permutation(len(self.lengths))
+        n = len(self.lengths)
+        perm = np.concatenate([self.rng.permutation(n) for _ in range(-(-self.num_samples // n))])[:self.num_samples]
         chunk = self.batch_size * 50
         batches = []
         for s in range(0, len(perm), chunk):
@@ -193,19 +196,24 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             yield batches[b].tolist()
 
     def __len__(self) -> int:
-        n = len(self.lengths)
+        n = self.num_samples if self.shuffle else len(self.lengths)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over one of the batch datasets above; training batches are shuffled and drop a ragged tail
-    (a batch of one would break BatchNorm)."""
-    drop_last = shuffle and len(dataset) > batch_size
+def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+            min_batches: int = 0) -> DataLoader:
+    """A DataLoader over one of the batch datasets above. Training batches are shuffled and drop a ragged tail (a
+    batch of one would break BatchNorm); a training set too small for `min_batches` batches is repeated (in fresh
+    permutations) within each epoch, so tiny few-shot sets still get enough optimizer steps per epoch."""
+    n = len(dataset)
+    num_samples = max(n, min_batches * batch_size) if shuffle else n
+    drop_last = shuffle and num_samples > batch_size
     if isinstance(dataset, TextBatches):
-        sampler = LengthGroupedSampler(dataset.lengths, batch_size, shuffle, seed, drop_last)
+        sampler = LengthGroupedSampler(dataset.lengths, batch_size, shuffle, seed, drop_last, num_samples)
     else:
         gen = torch.Generator().manual_seed(seed)
-        base = SeededRandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+        base = (SeededRandomSampler(dataset, generator=gen, num_samples=num_samples) if shuffle
+                else SequentialSampler(dataset))
         sampler = BatchSampler(base, batch_size, drop_last)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers)
 
