@@ -295,3 +295,20 @@ def test_probability_estimators_reject_bad_input(fn):
         fn(p, np.array([0, 1, 0]))
     with pytest.raises(XferError, match="one class"):
         fn(p, np.array([1, 1, 1, 1]))
+
+
+def test_regularised_hscore_still_ranks_when_samples_are_fewer_than_dimensions():
+    """With N < D the plain H-score reaches its maximum C - 1 for any features (the covariance is singular, the
+    pseudo-inverse fits the class means exactly): it cannot rank. Ledoit-Wolf shrinkage, the registry's default,
+    still puts informative features above noise."""
+    rng = np.random.default_rng(0)
+    n, d, c = 120, 300, 3
+    y = np.arange(n) % c
+    good = np.eye(c)[y] @ rng.normal(size=(c, d)) + rng.normal(scale=2.0, size=(n, d))
+    noise = rng.normal(size=(n, d))
+    assert hscore(noise, y) == pytest.approx(c - 1, abs=1e-6)
+    assert hscore(good, y) == pytest.approx(c - 1, abs=1e-6)
+    shrunk = ESTIMATORS["hscore"][0]
+    assert shrunk(good, y) > shrunk(noise, y) + 0.5
+    with pytest.raises(XferError, match="shrinkage"):
+        hscore(good, y, shrinkage="sometimes")

@@ -176,7 +176,9 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
 
     spec, tokenizer = _make_spec(cfg, task, source)
     model = build_model(spec, source.hf_dir)
-    report = transfer(source.state_dict, model, allow_partial=cfg.allow_partial_transfer)
+    # A random: source is a control: nothing to transfer, every tensor keeps its fresh initialisation.
+    report = transfer(source.state_dict, model,
+                      allow_partial=cfg.allow_partial_transfer or spec_src.origin == "random")
     s = report.summary()
     log(f"transfer: {s['copied']} copied, {s['adapted']} adapted, {s['re-initialised']} re-initialised, "
         f"{s['skipped']} skipped; {s['backbone_fraction']:.1%} of backbone parameters from the source "
@@ -189,7 +191,7 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
         log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"
             + (f", after epoch {resume.state.epoch}" if resume.state else "") + ")")
     start = time.perf_counter()
-    history, extras = run_plan(model, plan, data, cfg, f"{spec_src.name}:{spec_src.sha256}", task, log,
+    history, extras = run_plan(model, plan, data, cfg, feature_id(spec_src, cfg.seed), task, log,
                                ckpt if cfg.checkpoint else None, resume)
     train_seconds = time.perf_counter() - start
     n_trainable = trainable_params(model, plan)
@@ -220,6 +222,11 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
     shutil.rmtree(ckpt, ignore_errors=True)
     log(f"run saved to {out}")
     return run
+
+
+def feature_id(spec, seed: int) -> str:
+    """What identifies a backbone's features in the cache: the verified weights, or the seed of a random one."""
+    return f"{spec.name}:{spec.sha256}" + (f":seed{seed}" if spec.origin == "random" else "")
 
 
 def _checkpoint(cfg: FitConfig, out: Path):

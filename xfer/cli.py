@@ -57,10 +57,11 @@ def sources(as_json: bool):
             installed = False
         rows.append({"name": s.name, "modality": s.modality, "arch": s.arch, "offline": True,
                      "installed": installed, "sha256": s.sha256, "description": s.description})
-    online = [{"name": form, "offline": form.startswith("file:"), "description": d} for form, d in zip(
+    online = [{"name": form, "offline": form.startswith(("file:", "random:")), "description": d} for form, d in zip(
         ONLINE_FORMS, ["any timm model with pretrained weights (downloads)",
                        "a Hugging Face encoder for text (downloads; safetensors only)",
-                       "a local .safetensors/.pt/.pth checkpoint (tensors only, never pickle)"])]
+                       "a local .safetensors/.pt/.pth checkpoint (tensors only, never pickle)",
+                       "the source's architecture from random initialisation: a control, nothing transferred"])]
     if as_json:
         click.echo(json.dumps({"offline": rows, "online": online}, indent=2))
         return
@@ -73,7 +74,7 @@ def sources(as_json: bool):
         t.add_row(r["name"], r["modality"], r["arch"], "offline, sha256-pinned" if r["installed"] else
                   "[red]not installed (make setup)[/]", r["description"])
     for r in online:
-        t.add_row(r["name"], "", "", "local file" if r["offline"] else "online (downloads)", r["description"])
+        t.add_row(r["name"], "", "", "no download" if r["offline"] else "online (downloads)", r["description"])
     _console().print(t)
 
 
@@ -183,6 +184,67 @@ def compare(strategies, seeds, config_file, as_json, **options):
         if s.get("error"):
             console.print(f"[red]{s['strategy']} failed:[/] {s['error']}")
     console.print(f"written: {out / 'compare.json'}, {out / 'compare.png'}")
+
+
+@cli.command()
+@click.option("--sources", "source_list", default=None,
+              help="comma-separated sources to score (default: every offline source of the data's modality)")
+@click.option("--max-samples", default=5000, show_default=True, type=int,
+              help="score on at most this many training examples (a stratified sample); 0: all")
+@click.option("--validate", default=0, show_default=True, type=int,
+              help="fine-tune the top K sources with --strategy and report Kendall's tau against their accuracy")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="YAML file with any fit option")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@lambda f: _fit_options(f, exclude=("source", "resume", "merge"))
+def rank(source_list, max_samples, validate, config_file, as_json, **options):
+    """Rank sources by transferability on your data before training (LogME, LEEP, NCE, H-score, probe accuracy).
+
+    Features are extracted once per source (and cached); sources that cannot be loaded are listed and skipped.
+    Results are saved to <out>/rank.json (default runs/rank-<data>-<time>).
+    """
+    import time
+    from pathlib import Path
+
+    from xfer.choose import rank_sources
+    from xfer.config import make_config
+
+    cfg = make_config(config_file, **options)
+    names = [s.strip() for s in source_list.split(",") if s.strip()] if source_list else None
+    data_name = Path(cfg.data.replace("builtin:", "")).stem
+    out = Path(cfg.out or f"runs/rank-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    console = _console()
+    log = (lambda m: None) if (cfg.quiet or as_json) else (lambda m: console.print(m, soft_wrap=True))
+    result = rank_sources(cfg, names, max_samples=max_samples, validate=validate, out=out, log=log)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if cfg.quiet:
+        return
+    from rich import box
+    from rich.table import Table
+
+    cols = ("#", "source", "LogME", "LEEP", "NCE", "H-score", "probe acc", "dim", "extract s")
+    t = Table(box=box.SIMPLE, title=f"{cfg.data}: sources ranked by LogME ({result['samples']} examples)")
+    for i, c in enumerate(cols):
+        t.add_column(c, no_wrap=True, justify="left" if i == 1 else "right")
+    for r in result["ranking"]:
+        if r["status"] != "ok":
+            continue
+        sc = r["scores"]
+        fmt = lambda k, f=".3f": format(sc[k], f) if k in sc else "-"  # noqa: E731
+        t.add_row(str(r["rank"]), r["source"], fmt("logme"), fmt("leep"), fmt("nce"), fmt("hscore", ".2f"),
+                  fmt("probe_accuracy", ".4f"), str(r["feature_dim"]), f"{r['extract_seconds']:.1f}")
+    console.print(t)
+    for r in result["ranking"]:
+        if r["status"] != "ok":
+            console.print(f"[yellow]skipped[/] {r['source']}: {r['reason']}")
+    v = result["validation"]
+    if v:
+        for name, acc in zip(v["sources"], v["test_accuracy"]):
+            console.print(f"fine-tuned ({v['strategy']}): {name} test accuracy {acc:.4f}")
+        taus = ", ".join(f"{k} {t_:+.2f}" for k, t_ in v["kendall_tau"].items() if t_ is not None)
+        console.print(f"Kendall's tau, score vs fine-tuned accuracy over {len(v['sources'])} sources: {taus or 'n/a'}")
+    console.print(f"written: {out / 'rank.json'}")
 
 
 @cli.command()

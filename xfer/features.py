@@ -42,7 +42,7 @@ def split_fingerprint(split: Split) -> str:
 
 def cache_key(source_id: str, splits: list[Split], prep: dict, adapt_bn: bool) -> str:
     blob = json.dumps({"source": source_id, "data": [split_fingerprint(s) for s in splits], "prep": prep,
-                       "adapt_bn": adapt_bn, "v": 2}, sort_keys=True)
+                       "adapt_bn": adapt_bn, "v": 3}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -78,10 +78,11 @@ def adapt_batchnorm(model, loader, accelerator, channels_last: bool = True) -> b
     return True
 
 
-def probe_features(model, train_loader, val_loader, accelerator, key: str | None, adapt_bn: bool, log=print):
-    """Train and validation features for a head-only phase: read from the cache when `key` is there, else computed
-    (after AdaBN when `adapt_bn`) and stored with the adapted BatchNorm statistics, which the model also needs for
-    any later fine-tuning phase."""
+def cached_features(model, loaders: list, accelerator, key: str | None, adapt_bn: bool, log=print,
+                    adapt_loader=None) -> list[torch.Tensor]:
+    """Features of each loader's data: read from the cache when `key` is there, else computed (after AdaBN on
+    `adapt_loader`, default the first loader, when `adapt_bn`) and stored with the adapted BatchNorm statistics,
+    which the model also needs for any later fine-tuning phase."""
     from safetensors.torch import load_file, save_file
 
     path = cache_dir() / f"{key}.safetensors" if key else None
@@ -91,17 +92,16 @@ def probe_features(model, train_loader, val_loader, accelerator, key: str | None
             bn_state = {k[3:]: v for k, v in stored.items() if k.startswith("bn.")}
             model.load_state_dict(bn_state, strict=False)
             log(f"features: read from cache {path.name}")
-            return stored["train"], stored["val"]
-        except Exception:  # a damaged cache entry is recomputed, never trusted
+            return [stored[f"part{i}"] for i in range(len(loaders))]
+        except Exception:  # a damaged or outdated cache entry is recomputed, never trusted
             path.unlink(missing_ok=True)
     start = time.perf_counter()
-    adapted = adapt_bn and adapt_batchnorm(model, train_loader, accelerator)
-    train = compute_features(model, train_loader, accelerator)
-    val = compute_features(model, val_loader, accelerator)
-    log(f"features: {tuple(train.shape)} train, {tuple(val.shape)} val in {time.perf_counter() - start:.1f}s"
+    adapted = adapt_bn and adapt_batchnorm(model, adapt_loader or loaders[0], accelerator)
+    parts = [compute_features(model, loader, accelerator) for loader in loaders]
+    log(f"features: {' + '.join(str(tuple(p.shape)) for p in parts)} in {time.perf_counter() - start:.1f}s"
         + (" (BatchNorm statistics re-estimated on the target data)" if adapted else ""))
     if path is not None:
-        tensors = {"train": train.contiguous(), "val": val.contiguous()}
+        tensors = {f"part{i}": p.contiguous() for i, p in enumerate(parts)}
         if adapted:
             tensors.update({f"bn.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                             if "running_" in k or "num_batches_tracked" in k})
@@ -109,4 +109,9 @@ def probe_features(model, train_loader, val_loader, accelerator, key: str | None
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
-    return train, val
+    return parts
+
+
+def probe_features(model, train_loader, val_loader, accelerator, key: str | None, adapt_bn: bool, log=print):
+    """Train and validation features for a head-only phase (AdaBN on the training data first)."""
+    return tuple(cached_features(model, [train_loader, val_loader], accelerator, key, adapt_bn, log))

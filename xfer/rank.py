@@ -21,6 +21,7 @@ distinct labels present.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -316,7 +317,7 @@ def nce(source_probs: Any, labels: Any) -> float:
 # H-score and linear probe (from features)
 
 
-def hscore(features: Any, labels: Any, rcond: float = 1e-6, shrinkage: float = 0.0) -> float:
+def hscore(features: Any, labels: Any, rcond: float = 1e-6, shrinkage: float | str = 0.0) -> float:
     """H-score (Bao et al., ICIP 2019): ``tr( cov(f)^+ cov(E[f | y]) )`` with the features centred.
 
     ``cov(f) = f^T f / N`` (f centred) and ``cov(E[f | y]) = sum_c P(c) mu_c mu_c^T`` (mu_c the centred class means):
@@ -326,14 +327,22 @@ def hscore(features: Any, labels: Any, rcond: float = 1e-6, shrinkage: float = 0
     The inverse is a pseudo-inverse (``np.linalg.pinv(hermitian=True)``) that drops directions whose variance is below
     ``rcond`` times the largest: near-constant (e.g. dead-ReLU) or collinear dimensions would otherwise blow the score
     up with noise. ``shrinkage`` (default 0, off) in [0, 1] replaces cov(f) by ``(1 - s) cov(f) + s tr(cov(f))/D I``
-    (Ledoit-Wolf-style), which helps when N is not much larger than D.
+    (Ledoit-Wolf-style) and scales the between-class term by ``1 - s`` (which keeps the score in [0, C - 1]);
+    ``"auto"`` takes the Ledoit-Wolf estimate of s (scikit-learn). This is the shrinkage-based H-score of Ibrahim,
+    Ponomareva & Mazumder ("Newer is not always better", ECML-PKDD 2022) that `ESTIMATORS` uses: with N <= D the
+    plain score is C - 1 for any features (measured on MNIST with 1,000 samples of 1,280-d features, pretrained
+    and random-initialised MobileNet-V2 alike).
     Cost O(N D^2 + D^3) time, O(D^2) memory. Applies to any frozen features; sensitive to N << D (overfits).
     """
     f, y, c = _features_and_labels(features, labels)
-    if not 0.0 <= shrinkage <= 1.0:
-        raise XferError(f"shrinkage must be in [0, 1], got {shrinkage}")
     n, d = f.shape
     f = f - f.mean(axis=0)
+    if shrinkage == "auto":
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        shrinkage = float(ledoit_wolf_shrinkage(f, assume_centered=True))
+    if isinstance(shrinkage, str) or not 0.0 <= shrinkage <= 1.0:
+        raise XferError(f"shrinkage must be in [0, 1] or 'auto', got {shrinkage!r}")
     cov_f = f.T @ f / n
     if shrinkage > 0:
         cov_f = (1.0 - shrinkage) * cov_f + shrinkage * (np.trace(cov_f) / d) * np.eye(d)
@@ -341,7 +350,7 @@ def hscore(features: Any, labels: Any, rcond: float = 1e-6, shrinkage: float = 0
     means = np.zeros((c, d))
     np.add.at(means, y, f)
     means /= counts[:, None]
-    cov_g = (means.T * (counts / n)) @ means
+    cov_g = (means.T * (counts / n)) @ means * (1.0 - shrinkage)
     inv = np.linalg.pinv(cov_f, rcond=rcond, hermitian=True)
     return float(np.sum(inv * cov_g))  # tr(inv @ cov_g), both symmetric
 
@@ -375,7 +384,7 @@ def probe_accuracy(features: Any, labels: Any, folds: int = 5, seed: int = 0) ->
 
 ESTIMATORS: dict[str, tuple[Callable[[Any, Any], float], str]] = {
     "logme": (logme, "features"),
-    "hscore": (hscore, "features"),
+    "hscore": (functools.partial(hscore, shrinkage="auto"), "features"),
     "probe_accuracy": (probe_accuracy, "features"),
     "leep": (leep, "probs"),
     "nce": (nce, "probs"),

