@@ -118,16 +118,16 @@ def build_model(spec: dict, hf_dir: Path | None = None) -> TransferModel:
     return model
 
 
-def _datasets(task: Task, spec: dict, tokenizer) -> dict:
+def _datasets(task: Task, spec: dict, tokenizer, splits=("train", "val", "test")) -> dict:
     prep = prep_from_dict(spec["prep"])
     make = (lambda s: ImageBatches(s, prep)) if task.modality == "image" else (lambda s: TextBatches(s, tokenizer, prep))
-    return {name: make(getattr(task, name)) for name in ("train", "val", "test")}
+    return {name: make(getattr(task, name)) for name in splits}
 
 
-def _evaluate_splits(model, data: dict, labels, cfg: FitConfig) -> dict:
+def _evaluate_splits(model, data: dict, labels, cfg: FitConfig, splits=("val", "test")) -> dict:
     acc = make_accelerator(cfg.precision, model=model)
     out = {}
-    for split in ("val", "test"):
+    for split in splits:
         loader = batches(data[split], cfg.batch_size * 2, shuffle=False)
         logits = predict_logits(model, loader, acc, cfg.channels_last)
         out[split] = classification_metrics(data[split].labels.numpy(), logits.argmax(1).numpy(), labels)
@@ -140,10 +140,14 @@ def _default_out(cfg: FitConfig, source: str, task: Task) -> Path:
     return Path("runs") / f"{data}-{source}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
+def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = None,
+        loaded_source: LoadedSource | None = None, evaluate_test: bool = True, save: bool = True,
+        on_epoch: Callable | None = None, **overrides) -> Run:
     """Transfer a pretrained source to the task in `data`, fine-tune it, evaluate it, and save a run folder.
 
     `config` is a FitConfig or a YAML file; keyword arguments override it (e.g. `fit(data="builtin:mnist5k")`).
+    A search passes the `task` and `loaded_source` it loaded once, `evaluate_test=False` and `save=False` for its trials
+    (the test split is never touched), and `on_epoch(step, record)` to report each epoch's validation accuracy.
     """
     if isinstance(config, FitConfig):
         cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -151,27 +155,32 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
         cfg = make_config(config, **overrides)
     log = _log(cfg)
     seed_everything(cfg.seed)
-    if cfg.out:
+    if cfg.out and save:
         runs.check_destination(Path(cfg.out), cfg.overwrite)
     make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
 
-    task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                     image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
-                     test_fraction=cfg.test_fraction, seed=cfg.seed)
-    if cfg.shots:
-        task = few_shot(task, cfg.shots, cfg.seed)
+    if task is None:
+        task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
+                         image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
+                         test_fraction=cfg.test_fraction, seed=cfg.seed)
+        if cfg.shots:
+            task = few_shot(task, cfg.shots, cfg.seed)
     cfg = cfg.resolved(task.modality)
     log(task.describe())
     for note in task.notes:
         log(f"[yellow]note:[/] {note}")
-    spec_src = resolve_source(cfg.source or DEFAULT_SOURCE[task.modality], cfg.arch)
+    source = loaded_source
+    spec_src = source.spec if source is not None else resolve_source(cfg.source or DEFAULT_SOURCE[task.modality],
+                                                                       cfg.arch)
     if spec_src.modality != task.modality:
         raise XferError(f"Source {spec_src.name!r} is a {spec_src.modality} model but {cfg.data!r} is {task.modality} "
                         f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}.")
-    out = Path(cfg.out) if cfg.out else _default_out(cfg, spec_src.name, task)
-    runs.check_destination(out, cfg.overwrite)
-    ckpt, resume = _checkpoint(cfg, out)
-    source = load_source(spec_src)
+    out = ckpt = resume = None
+    if save:
+        out = Path(cfg.out) if cfg.out else _default_out(cfg, spec_src.name, task)
+        runs.check_destination(out, cfg.overwrite)
+        ckpt, resume = _checkpoint(cfg, out)
+    source = source or load_source(spec_src)
     log(f"source: {spec_src.name} ({spec_src.description})")
 
     spec, tokenizer = _make_spec(cfg, task, source)
@@ -184,7 +193,8 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
         f"{s['skipped']} skipped; {s['backbone_fraction']:.1%} of backbone parameters from the source "
         f"(matched by {s['method']})")
 
-    data = _datasets(task, spec, tokenizer)
+    splits = ("train", "val", "test") if evaluate_test else ("train", "val")
+    data = _datasets(task, spec, tokenizer, splits)
     data["prep"] = spec["prep"]
     plan = make_plan(cfg.strategy, cfg)
     if resume is not None:
@@ -192,7 +202,7 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
             + (f", after epoch {resume.state.epoch}" if resume.state else "") + ")")
     start = time.perf_counter()
     history, extras = run_plan(model, plan, data, cfg, feature_id(spec_src, cfg.seed), task, log,
-                               ckpt if cfg.checkpoint else None, resume)
+                               ckpt if (cfg.checkpoint and save) else None, resume, on_epoch)
     train_seconds = time.perf_counter() - start
     n_trainable = trainable_params(model, plan)
     if has_lora(model):
@@ -200,16 +210,19 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
         if cfg.merge:
             merge_lora(model)
             spec["lora"] = None
-    metrics = _evaluate_splits(model, data, task.labels, cfg)
+    metrics = _evaluate_splits(model, data, task.labels, cfg, splits[1:])
     metrics.update(extras)
     metrics["train_seconds"] = train_seconds
     metrics["trainable_params"] = n_trainable
     metrics["total_params"] = sum(p.numel() for p in model.parameters())
     metrics["peak_memory_mb"] = peak_memory_mb()
-    log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
-        f"(trained in {train_seconds:.0f}s)")
+    if evaluate_test:
+        log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
+            f"(trained in {train_seconds:.0f}s)")
+    else:
+        log(f"val accuracy {metrics['val']['accuracy']:.4f} (trained in {train_seconds:.0f}s; test split not used)")
 
-    if cfg.baseline:
+    if cfg.baseline and evaluate_test:
         metrics["baseline"] = _baseline(cfg, spec, source, data, task, plan, log)
         metrics["transfer_gain"] = transfer_gain(metrics["test"]["accuracy"], metrics["baseline"]["test"]["accuracy"])
         g = metrics["transfer_gain"]
@@ -218,9 +231,10 @@ def fit(config: FitConfig | str | Path | None = None, **overrides) -> Run:
             f"gain of transfer {g['gain']:+.4f}{flag}")
 
     run = Run(model.cpu().to(memory_format=torch.contiguous_format), spec, out, metrics, report, history, tokenizer)
-    _save(run, cfg, source)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    log(f"run saved to {out}")
+    if save:
+        _save(run, cfg, source)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log(f"run saved to {out}")
     return run
 
 

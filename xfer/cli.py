@@ -186,6 +186,98 @@ def compare(strategies, seeds, config_file, as_json, **options):
     console.print(f"written: {out / 'compare.json'}, {out / 'compare.png'}")
 
 
+@cli.command("search")
+@click.option("--target", type=float, default=None, help="stop the whole search when a trial's validation accuracy "
+              "reaches this (e.g. 0.985)")
+@click.option("--trials", type=int, default=None, help="stop after this many finished trials (all workers together)")
+@click.option("--timeout", default=None, help="stop this worker after this long (300, 90s, 30m, 2h)")
+@click.option("--storage", default=None, help="SQLAlchemy URL of the study storage (default: SQLite in --out); e.g. "
+              "postgresql://user@host/db to share a study between machines")
+@click.option("--study", "study_name", default=None, help="study name (default: search-<data>)")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median", show_default=True)
+@click.option("--space", "space_file", type=click.Path(), default=None,
+              help="YAML mapping option -> list of choices | {low, high, log, int, when} | fixed value; replaces those "
+                   "entries of the default space")
+@click.option("--heartbeat", type=int, default=30, show_default=True,
+              help="seconds between a worker's heartbeats; a trial silent for twice this is failed and re-queued")
+@click.option("--resume", "resume_study", is_flag=True, help="continue a stored study with its own settings")
+@click.option("--show", is_flag=True, help="print the trials and best configuration of a (running) study and exit")
+@click.option("--config", "config_file", type=click.Path(), default=None, help="YAML file with any fit option")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@lambda f: _fit_options(f, exclude=("resume", "checkpoint", "merge", "baseline"))
+def search_cmd(target, trials, timeout, storage, study_name, sampler, pruner, space_file, heartbeat, resume_study, show,
+               config_file, as_json, **options):
+    """Repeat fine-tuning until a target validation accuracy: an Optuna study over strategies and hyper-parameters.
+
+    The test split is evaluated once, for the best configuration, saved as <out>/best. Several workers (processes or
+    machines) join one study by giving the same --storage and --study.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from xfer.config import make_config, parse_duration
+    from xfer.search import format_params, search, show as show_study
+
+    data = options.get("data")
+    if study_name is None:
+        if not data:
+            raise XferError("Give --study (or --data, from which the default study name is made).")
+        study_name = f"search-{Path(data.replace('builtin:', '')).stem}"
+    out = Path(options.get("out") or f"runs/{study_name}")
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    console = _console()
+    if show:
+        result = show_study(study_name, url, out)
+        if as_json:
+            click.echo(json.dumps(result, indent=2, default=str))
+            return
+        from rich import box
+        from rich.table import Table
+
+        t = Table(box=box.SIMPLE, title=f"study {study_name}: {result['states']}")
+        for c in ("#", "state", "val acc", "s", "params"):
+            t.add_column(c, justify="right" if c != "params" else "left")
+        for r in result["rows"]:
+            t.add_row(str(r["number"]), r["state"], "-" if r["value"] is None else f"{r['value']:.4f}",
+                      "-" if r["seconds"] is None else f"{r['seconds']:.0f}", format_params(r["params"]))
+        console.print(t)
+        if result["best"]:
+            console.print(f"best: trial {result['best']['number']}, val {result['best']['value']:.4f}, "
+                          f"{format_params(result['best']['params'])}")
+        console.print(f"written: {out / 'trials.csv'} and plots in {out}")
+        return
+    space = None
+    if space_file:
+        try:
+            space = yaml.safe_load(Path(space_file).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise XferError(f"Cannot read the search space {space_file}: {e}") from e
+        if not isinstance(space, dict):
+            raise XferError(f"Search space {space_file} must be a mapping of option -> choices or range.")
+    cfg = make_config(config_file, **options) if (data or config_file) else FitConfig()
+    log = (lambda m: None) if (cfg.quiet or as_json) else (lambda m: console.print(m, soft_wrap=True))
+    result = search(cfg, study_name=study_name, out=out, storage_url=url, target=target, trials=trials,
+                    timeout=parse_duration(timeout), space=space, sampler=sampler, pruner=pruner, heartbeat=heartbeat,
+                    resume=resume_study, log=log)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return
+    best = result["best"]
+    console.print(f"trials: {result['states']}; best val {best['value']:.4f} (trial {best['number']}: "
+                  f"{format_params(best['params'])})")
+    if result.get("target_reached"):
+        r = result["target_reached"]
+        console.print(f"target reached by trial {r['trial']} after {r['trials_finished_by_then']} trials, "
+                      f"{r['seconds']:.0f}s")
+    elif result["target"] is not None:
+        console.print(f"[yellow]target {result['target']} not reached[/]")
+    if "best_test_accuracy" in result:
+        console.print(f"best configuration: test accuracy {result['best_test_accuracy']:.4f} -> {result['best_run']}")
+    console.print(f"written: {out / 'trials.csv'}, {out / 'search.json'}, plots in {out}")
+
+
 @cli.command()
 @click.option("--sources", "source_list", default=None,
               help="comma-separated sources to score (default: every offline source of the data's modality)")

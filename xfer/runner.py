@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -108,11 +109,15 @@ def _cpu_state(module: torch.nn.Module) -> dict:
 
 
 def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str | None, task, log,
-             ckpt_folder: Path | None = None, resume: Checkpoint | None = None) -> tuple[list[dict], dict]:
+             ckpt_folder: Path | None = None, resume: Checkpoint | None = None,
+             on_epoch: Callable | None = None) -> tuple[list[dict], dict]:
     """Run every phase of a plan; returns the epoch history and extras (WiSE-FT's curve).
 
     With `ckpt_folder`, a checkpoint is written after every full-network epoch and at the end of every phase;
     `resume` continues from one (phases before it are skipped, the one in progress restarts at its next epoch).
+    `on_epoch(step, record)` hears every full-network epoch, `step` counting them across phases (a search's pruner
+    reads it, and may raise to stop the fit); head-only epochs on cached features are not reported, since their
+    accuracies are not comparable with full-network ones.
     """
     acc = make_accelerator(cfg.precision, cfg.grad_accum, model)
     deadline = time.perf_counter() + cfg.time_budget if getattr(cfg, "time_budget", None) else None
@@ -121,6 +126,14 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str 
     snapshot = resume.snapshot if resume else None
     anchors = resume.anchors if resume else None
     config = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+
+    step = sum(1 for h in history if h["phase"] not in {p.name for p in plan.phases if p.cached_features})
+
+    def report(rec) -> None:
+        nonlocal step
+        if on_epoch is not None:
+            on_epoch(step, rec)
+        step += 1
 
     def save(phase: int, state: PhaseState | None, phase_history: list[dict]) -> None:
         if ckpt_folder is not None:
@@ -167,9 +180,13 @@ def run_plan(model: TransferModel, plan: Plan, data: dict, cfg, feature_id: str 
             if phase.penalty is not None and anchors is None:
                 anchors = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                            if n in names and not n.startswith("head.")}
-            on_epoch = (lambda rec, st, i=i: save(i, st, [])) if ckpt_folder is not None else None
-            recs = train_phase(model, phase, names, train, val, acc, loop, log, on_epoch, state, scales, unfreeze,
-                               anchors)
+            def after_epoch(rec, st, i=i):
+                if ckpt_folder is not None:
+                    save(i, st, [])
+                report(rec)
+
+            recs = train_phase(model, phase, names, train, val, acc, loop, log, after_epoch, state, scales,
+                               unfreeze, anchors)
         history += [r.__dict__ for r in recs]
         if plan.wise_ft and phase.cached_features:
             snapshot = _cpu_state(model)
