@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import tensor_loaders
 
 from xfer.config import FitConfig
-from xfer.data.loaders import TensorBatches, batches
 from xfer.errors import XferError
 from xfer.models import add_lora, block_groups, build_image_model, build_text_model, layer_ids, merge_lora
 from xfer.sources import load_source, resolve_source
@@ -14,11 +14,8 @@ from xfer.strategies import STRATEGIES, interpolate, make_plan
 from xfer.train import L2SPGradient, LoopConfig, PhaseState, choose_interpolation, make_accelerator, train_phase
 
 
-def _loaders(n=32, size=32, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return batches(TensorBatches(x, y), 16, shuffle=True), batches(TensorBatches(x[:16], y[:16]), 16, shuffle=False)
+def _loaders(n=32):
+    return tensor_loaders(n)
 
 
 def _state(model):

@@ -3,19 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from helpers import tensor_loaders
 
 from xfer.config import FitConfig
-from xfer.data.loaders import TensorBatches, batches
 from xfer.models import block_groups, build_image_model
 from xfer.strategies import make_plan
 from xfer.train import LoopConfig, make_accelerator, train_phase, warmup_cosine
 
 
-def _loaders(n=48, size=32, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, size, size, generator=g)
-    y = torch.randint(0, classes, (n,), generator=g)
-    return batches(TensorBatches(x, y), 16, shuffle=True), batches(TensorBatches(x[:16], y[:16]), 16, shuffle=False)
+def _loaders(n=48):
+    return tensor_loaders(n)
 
 
 def _snapshot(model):
