@@ -158,3 +158,15 @@ def _kill_one_and_check(workers, storage_url, study_name):
     assert retried and retried[0].params == failed[0].params
     assert retried[0].state == optuna.trial.TrialState.COMPLETE
     assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+
+
+def test_grid_search_keeps_conditional_parameters_at_their_defaults(image_folder, tmp_path):
+    space = {**SPACE, "strategy": ["full", "layer-decay"],
+             "layer_decay": {"low": 0.5, "high": 0.9, "when": ["layer-decay"]},
+             "lr": [1e-3]}
+    result = search(_cfg(image_folder), study_name="g", out=tmp_path, trials=2, space=space, sampler="grid",
+                    pruner="none", log=lambda m: None)
+    study = optuna.load_study(study_name="g", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert result["states"] == {"COMPLETE": 2}
+    assert sorted(t.params["strategy"] for t in study.trials) == ["full", "layer-decay"]
+    assert all("layer_decay" not in t.params for t in study.trials)

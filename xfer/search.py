@@ -248,10 +248,10 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
         full_space["image_size"] = _image_sizes(task, source) if task.modality == "image" else None
     if full_space.get("image_size") is None:
         full_space.pop("image_size", None)
-    if sampler == "grid" and not resume:
-        study.sampler = optuna.samplers.GridSampler(grid_of({k: v for k, v in full_space.items()
-                                                             if not isinstance(v, dict) or "when" not in v}),
-                                                    seed=cfg.seed)
+    if settings["sampler"] == "grid":
+        # A grid has no conditional parameters: those of one strategy keep their defaults.
+        full_space = {k: v for k, v in full_space.items() if not (isinstance(v, dict) and "when" in v)}
+        study.sampler = optuna.samplers.GridSampler(grid_of(full_space), seed=cfg.seed)
     log(f"study {study_name!r} in {_redact(storage_url)}: {len(study.trials)} trials so far; "
         f"target {target if target is not None else '-'}; {task.describe()}")
 
@@ -260,8 +260,6 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
             raise optuna.TrialPruned("target already reached by another trial")
         trial.set_user_attr("worker", os.getpid())
         params = suggest(trial, full_space)
-        if sampler == "grid":  # parameters of other strategies stay at their defaults
-            params = {k: v for k, v in params.items() if _active(full_space[k], params)}
         trial_cfg = replace(cfg, **params)
 
         def on_epoch(step: int, rec) -> None:
