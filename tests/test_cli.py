@@ -94,7 +94,8 @@ def test_sources_json_lists_the_offline_sources():
         assert s["sha256"] == spec.sha256 and s["modality"] == spec.modality and s["arch"] == spec.arch
     assert {s["modality"] for s in offline} == {"image", "text"}
     assert [s["name"] for s in listing["online"]][:2] == ["timm:<name>", "hf:<repo id>"]
-    assert [s["offline"] for s in listing["online"]] == [False, False, True]  # file: needs no download
+    # file: and random: need no download
+    assert [s["offline"] for s in listing["online"]] == [False, False, True, True]
 
 
 def test_sources_table_mentions_every_source(monkeypatch):
