@@ -140,6 +140,14 @@ def _default_out(cfg: FitConfig, source: str, task: Task) -> Path:
     return Path("runs") / f"{data}-{source}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def load_fit_task(cfg: FitConfig) -> Task:
+    """The Task a fit with these options trains on: its data, splits and few-shot subset."""
+    task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
+                     image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
+                     test_fraction=cfg.test_fraction, seed=cfg.seed)
+    return few_shot(task, cfg.shots, cfg.seed) if cfg.shots else task
+
+
 def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = None,
         loaded_source: LoadedSource | None = None, evaluate_test: bool = True, save: bool = True,
         on_epoch: Callable | None = None, **overrides) -> Run:
@@ -160,11 +168,7 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
 
     if task is None:
-        task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                         image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
-                         test_fraction=cfg.test_fraction, seed=cfg.seed)
-        if cfg.shots:
-            task = few_shot(task, cfg.shots, cfg.seed)
+        task = load_fit_task(cfg)
     cfg = cfg.resolved(task.modality)
     log(task.describe())
     for note in task.notes:

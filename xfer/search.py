@@ -214,9 +214,7 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
     on train, evaluate it once on test, and save it as `<out>/best`."""
     import optuna
 
-    from xfer.api import fit
-    from xfer.data import load_task
-    from xfer.data.task import few_shot
+    from xfer.api import fit, load_fit_task
     from xfer.sources import DEFAULT_SOURCE, load_source, resolve_source
 
     if sampler not in SAMPLERS or pruner not in PRUNERS:
@@ -237,11 +235,7 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
 
     # Loaded once per worker and shared by every trial: the task, the source's verified weights, and (on disk)
     # frozen-backbone features, keyed by preprocessing.
-    task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                     image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
-                     test_fraction=cfg.test_fraction, seed=cfg.seed)
-    if cfg.shots:
-        task = few_shot(task, cfg.shots, cfg.seed)
+    task = load_fit_task(cfg)
     source = load_source(resolve_source(cfg.source or DEFAULT_SOURCE[task.modality], cfg.arch))
     full_space = load_space(task.modality, settings["space"])
     if full_space.get("image_size") == "auto":
