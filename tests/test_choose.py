@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import xfer
-from xfer.choose import kendall_tau, rank_sources, stratified_sample
+from xfer.tools.rank import kendall_tau, rank_sources, stratified_sample
 from xfer.cli import cli
 from xfer.config import FitConfig
 from xfer.data import load_task

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from xfer import runs
+from xfer.runs import folder as runs
 from xfer.cli import cli, main
 from xfer.sources import CATALOGUE
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from xfer.compare import compare, recommend
+from xfer.tools.compare import compare, recommend
 from xfer.config import FitConfig
 from xfer.errors import XferError
 

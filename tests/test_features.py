@@ -6,10 +6,10 @@ import torch
 
 from xfer.data.loaders import ImageBatches, ImagePrep, batches
 from xfer.data.task import Split
-from xfer import features
-from xfer.features import adapt_batchnorm, cache_key, probe_features
+from xfer.fitting import features
+from xfer.fitting.features import adapt_batchnorm, cache_key, probe_features
 from xfer.models import build_image_model
-from xfer.train import make_accelerator
+from xfer.fitting.device import make_accelerator
 
 
 def _split(n, seed):

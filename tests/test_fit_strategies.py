@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import xfer
-import xfer.runner
-from xfer.api import export
+import xfer.fitting.runner  # noqa: F401 (monkeypatched below)
+from xfer.tools.export import export
 from xfer.data import load_task
 from xfer.data.task import Split, few_shot
 from xfer.errors import XferError
@@ -35,8 +35,10 @@ def test_lora_run_reloads_with_its_head_and_exports_merged(image_folder, tmp_pat
     merged = xfer.load(export(run.path, tmp_path / "merged"))
     assert merged.spec["lora"] is None
     assert not any(".lora_" in k for k in merged.model.state_dict())
-    # fp32 summation order differs between W x + B(A x) and (W + BA) x: agree to 1e-5, relative to the logits.
-    torch.testing.assert_close(merged.logits(split, precision="no"), before, rtol=1e-5, atol=1e-5)
+    # fp32 summation order differs between W x + B(A x) and (W + BA) x, by up to ~3e-5 of the logits' scale
+    # depending on the CPU's kernels; a wrong merge is off by a tenth or more.
+    scale = float(before.abs().max())
+    torch.testing.assert_close(merged.logits(split, precision="no"), before, rtol=0, atol=1e-4 * scale)
     with pytest.raises(XferError, match="already exists"):
         export(run.path, tmp_path / "merged")
 
@@ -55,7 +57,7 @@ def test_interrupted_fit_resumes_to_the_same_weights(image_folder, tmp_path, mon
     opts = dict(data=str(image_folder), strategy="gradual-unfreeze", epochs=3, lr=1e-2, patience=0, **FAST)
     ref = xfer.fit(out=str(tmp_path / "ref"), **opts)
 
-    real_save = xfer.runner.save_checkpoint
+    real_save = xfer.fitting.runner.save_checkpoint
 
     class Crash(Exception):
         pass
@@ -65,11 +67,11 @@ def test_interrupted_fit_resumes_to_the_same_weights(image_folder, tmp_path, mon
         if ck.state is not None and ck.state.epoch == 2:
             raise Crash
 
-    monkeypatch.setattr(xfer.runner, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(xfer.fitting.runner, "save_checkpoint", save_then_crash)
     out = tmp_path / "run"
     with pytest.raises(Crash):
         xfer.fit(out=str(out), **opts)
-    monkeypatch.setattr(xfer.runner, "save_checkpoint", real_save)
+    monkeypatch.setattr(xfer.fitting.runner, "save_checkpoint", real_save)
     ckpt = out.with_name("run.checkpoint")
     assert ckpt.is_dir() and not out.exists()
     with pytest.raises(XferError, match="--resume"):

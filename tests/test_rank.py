@@ -1,4 +1,4 @@
-"""Transferability estimators (xfer.rank): numbers checked against hand computations and a slow reference."""
+"""Transferability estimators (xfer.tools.estimators): numbers checked against hand computations and a slow reference."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from xfer.errors import XferError
-from xfer.rank import ESTIMATORS, _logme_reference, hscore, leep, logme, nce, probe_accuracy, score_all
+from xfer.tools.estimators import ESTIMATORS, _logme_reference, hscore, leep, logme, nce, probe_accuracy, score_all
 
 
 def _labels(rng: np.random.Generator, n: int, c: int) -> np.ndarray:

@@ -14,10 +14,11 @@ import pytest
 import yaml
 from PIL import Image
 
-import xfer.api
-import xfer.search
+import xfer.fitting.fit
+import xfer.fitting.prepare
+import xfer.tools.search
 from xfer.config import FitConfig
-from xfer.search import search, show
+from xfer.tools.search import search, show
 
 # Cheap trials on the 24-image folder: a fixed everything but the learning rate.
 SPACE = {"strategy": "full", "epochs": 2, "lr": {"low": 1e-4, "high": 3e-3, "log": True}, "weight_decay": 0.01,
@@ -42,7 +43,7 @@ def test_search_stops_when_a_trial_reaches_the_target(image_folder, tmp_path):
 
 
 def test_a_pruned_trial_stops_training_early(image_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(xfer.search, "_pruner", lambda settings: optuna.pruners.ThresholdPruner(lower=1.01))
+    monkeypatch.setattr(xfer.tools.search, "_pruner", lambda settings: optuna.pruners.ThresholdPruner(lower=1.01))
     space = {**SPACE, "epochs": 4}
     with pytest.raises(Exception, match="No trial"):  # every trial is pruned: no configuration to keep
         search(_cfg(image_folder), study_name="p", out=tmp_path, trials=2, space=space, log=lambda m: None)
@@ -69,21 +70,21 @@ def _folder_with_test(root: Path) -> Path:
 def test_the_test_split_is_read_once_for_the_best_configuration(tmp_path, monkeypatch):
     data = _folder_with_test(tmp_path / "data")  # 20 train, 8 val, 10 test images
     built = []
-    real = xfer.api.ImageBatches
+    real = xfer.fitting.prepare.ImageBatches
 
     def spy(split, prep):
         built.append(len(split))
         return real(split, prep)
 
     evaluated = []
-    real_eval = xfer.api._evaluate_splits
+    real_eval = xfer.fitting.fit.evaluate
 
-    def eval_spy(model, data, labels, cfg, splits=("val", "test")):
+    def eval_spy(model, datasets, labels, cfg, splits=("val", "test")):
         evaluated.append(tuple(splits))
-        return real_eval(model, data, labels, cfg, splits)
+        return real_eval(model, datasets, labels, cfg, splits)
 
-    monkeypatch.setattr(xfer.api, "ImageBatches", spy)
-    monkeypatch.setattr(xfer.api, "_evaluate_splits", eval_spy)
+    monkeypatch.setattr(xfer.fitting.prepare, "ImageBatches", spy)
+    monkeypatch.setattr(xfer.fitting.fit, "evaluate", eval_spy)
     search(_cfg(data), study_name="t", out=tmp_path / "out", trials=3, space=SPACE, pruner="none",
            log=lambda m: None)
     assert built.count(20) == 4 and built.count(10) == 1  # 3 trials + the best; the test split once

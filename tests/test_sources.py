@@ -89,7 +89,7 @@ def test_load_offline_image_source(name, key, shape):
     spec = resolve_source(name)
     loaded = load_source(spec)
     assert loaded.spec is spec
-    assert _sha256(sources._wheel_path(spec)) == spec.sha256  # the pinned file is the one in the wheel
+    assert _sha256(sources.wheel_path(spec)) == spec.sha256  # the pinned file is the one in the wheel
     assert all(isinstance(v, torch.Tensor) for v in loaded.state_dict.values())
     assert len(loaded.state_dict) > 100
     assert tuple(loaded.state_dict[key].shape) == shape

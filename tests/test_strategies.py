@@ -4,14 +4,16 @@ from dataclasses import replace
 
 import pytest
 import torch
-from helpers import tensor_loaders
+from helpers import tensor_loaders, train_one_phase
 
 from xfer.config import FitConfig
 from xfer.errors import XferError
 from xfer.models import add_lora, block_groups, build_image_model, build_text_model, layer_ids, merge_lora
 from xfer.sources import load_source, resolve_source
-from xfer.strategies import STRATEGIES, interpolate, make_plan
-from xfer.train import L2SPGradient, LoopConfig, PhaseState, choose_interpolation, make_accelerator, train_phase
+from xfer.fitting.device import make_accelerator
+from xfer.fitting.hooks import Context
+from xfer.fitting.loop import PhaseState
+from xfer.fitting.strategies import STRATEGIES, L2SPGradient, WiseFTInterpolation, interpolate, make_plan
 
 
 def _loaders(n=32):
@@ -27,14 +29,9 @@ def _phase(strategy, index=-1, modality="image", **cfg):
     return make_plan(strategy, config).phases[index]
 
 
-def _train(model, phase, epochs=None, on_epoch=None, state=None, loaders=None, scales=True, unfreeze=True):
+def _train(model, phase, epochs=None, on_epoch=None, state=None, loaders=None):
     phase = replace(phase, epochs=epochs or phase.epochs)
-    train, val = loaders or _loaders()
-    loop = LoopConfig(batch_size=16, patience=0, quiet=True, channels_last=False)
-    return train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"), loop,
-                       log=lambda s: None, on_epoch=on_epoch, state=state,
-                       scales=phase.lr_scales(model) if phase.lr_scales and scales else None,
-                       unfreeze=(lambda e: phase.unfreeze(model, e)) if phase.unfreeze and unfreeze else None)
+    return train_one_phase(model, phase, loaders or _loaders(), on_epoch, state, channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +99,7 @@ def test_layer_decay_with_frozen_embeddings_keeps_depths(minilm_dir):
     assert scales["backbone.encoder.layer.5.output.dense.weight"] == 0.5  # top encoder layer, one below the head
     assert scales["backbone.encoder.layer.0.output.dense.weight"] == 0.5 ** 6
     assert scales["backbone.embeddings.LayerNorm.weight"] == 0.5 ** 7
-    from xfer.train import param_groups
+    from xfer.fitting.loop import param_groups
 
     groups = param_groups(model, names, 1e-4, 0.01, scales)
     rates = {n: g["lr"] for g in groups for n in g["names"]}
@@ -116,29 +113,31 @@ def test_l2sp_gradient_equals_alpha_times_distance_on_a_zero_loss_batch():
     model = build_image_model("resnet10t", num_classes=3)
     names = {n for n, _ in model.named_parameters()}
     alpha, beta = 0.3, 0.07
-    penalty = L2SPGradient(model, names, alpha, beta)  # w0 = the weights now
+    penalty = L2SPGradient(alpha, beta)
+    ctx = Context(model, None, None, False, print, module=model, trainable=frozenset(names))
+    penalty.start(ctx)  # w0 = the weights now
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     x = torch.randn(2, 3, 32, 32)
     (model(x).sum() * 0.0).backward()  # a zero loss: gradients are all zero
-    penalty()
+    penalty.after_backward(ctx)
     params = dict(model.named_parameters())
     for n, p in params.items():
         if n.startswith("head."):
             expected = beta * p.detach() if p.ndim > 1 else torch.zeros_like(p)
         else:
-            expected = alpha * (p.detach() - penalty.state()[n])
+            expected = alpha * (p.detach() - penalty.state_dict()[n])
         torch.testing.assert_close(p.grad, expected, rtol=0, atol=1e-7)
     # The same as differentiating the penalty term itself.
     model.zero_grad()
-    loss = sum(alpha / 2 * (p - penalty.state()[n]).pow(2).sum() for n, p in params.items() if not n.startswith("head."))
+    loss = sum(alpha / 2 * (p - penalty.state_dict()[n]).pow(2).sum() for n, p in params.items() if not n.startswith("head."))
     loss = loss + beta / 2 * params["head.weight"].pow(2).sum()
     loss.backward()
     auto = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for n, p in params.items()}
     model.zero_grad()
     (model(x).sum() * 0.0).backward()
-    penalty()
+    penalty.after_backward(ctx)
     for n, p in params.items():
         torch.testing.assert_close(p.grad, auto[n], rtol=1e-5, atol=1e-7)
 
@@ -161,7 +160,9 @@ def test_gradual_unfreeze_opens_one_group_per_epoch_from_the_top():
     torch.manual_seed(0)
     model = build_image_model("mobilenetv2_100", num_classes=3)
     phase = _phase("gradual-unfreeze", epochs=3, unfreeze_factor=2.0)
-    sets = [phase.unfreeze(model, e) for e in (1, 2, 3)]
+    (unfreeze,) = phase.hooks
+    ctx = Context(model, None, None, False, print)
+    sets = [unfreeze.trainable(ctx, e, frozenset(phase.trainable(model))) for e in (1, 2, 3)]
     assert sets[0] == {"head.weight", "head.bias"}
     assert sets[0] < sets[1] < sets[2]
     groups = block_groups(model)
@@ -176,7 +177,7 @@ def test_gradual_unfreeze_opens_one_group_per_epoch_from_the_top():
 
 
 def test_gradual_unfreeze_resumed_midway_matches_an_uninterrupted_run(tmp_path):
-    from xfer.runner import Checkpoint, load_checkpoint, save_checkpoint
+    from xfer.fitting.runner import Checkpoint, load_checkpoint, save_checkpoint
 
     phase = _phase("gradual-unfreeze", epochs=3, lr=1e-2)
     torch.manual_seed(0)
@@ -220,7 +221,7 @@ def test_lora_trains_adapters_and_head_only_and_merges_to_the_same_logits():
     torch.manual_seed(0)
     model = build_image_model("mobilenetv2_100", num_classes=3)
     phase = _phase("lora", epochs=1, peft_lr=1e-2)
-    add_lora(model, phase.lora)
+    phase.hooks[0].before_phase(model, phase)  # the adapters, as the runner adds them
     before = _state(model)
     _train(model, phase)
     after = _state(model)
@@ -269,6 +270,9 @@ def test_wise_ft_ends_reproduce_the_two_models():
     _, val = _loaders()
     acc = make_accelerator("no")
     for alphas, theta in (((0.0,), theta0), ((1.0,), theta1)):
-        curve = choose_interpolation(a, theta0, theta1, val, acc, False, alphas)
+        hook = WiseFTInterpolation()
+        hook.alphas, hook.snapshot = alphas, theta0
+        a.load_state_dict(theta1)
+        curve = hook.after_plan(Context(a, acc, val, False, lambda s: None))["wise_ft"]["curve"]
         assert [c["alpha"] for c in curve] == list(alphas)
         assert all(torch.equal(v, theta[k]) for k, v in a.state_dict().items() if v.is_floating_point())

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from helpers import tensor_loaders
+from helpers import tensor_loaders, train_one_phase
 
 from xfer.config import FitConfig
+from xfer.fitting.loop import warmup_cosine
+from xfer.fitting.strategies import make_plan
 from xfer.models import block_groups, build_image_model
-from xfer.strategies import make_plan
-from xfer.train import LoopConfig, make_accelerator, train_phase, warmup_cosine
 
 
 def _loaders(n=48):
@@ -23,10 +23,8 @@ def _run(model, strategy, **cfg):
     config = FitConfig(data="x", strategy=strategy, **cfg).resolved("image")
     plan = make_plan(strategy, config)
     phase = plan.phases[-1]
-    train, val = _loaders()
-    loop = LoopConfig(batch_size=16, patience=0, quiet=True, channels_last=False)
     before = _snapshot(model)
-    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"), loop, log=lambda s: None)
+    train_one_phase(model, phase, channels_last=False)
     return before, _snapshot(model), phase.trainable(model)
 
 
@@ -59,10 +57,8 @@ def test_head_only_phase_on_whole_model_leaves_backbone_untouched():
     model = build_image_model("mobilenetv2_100", num_classes=3)
     config = FitConfig(data="x").resolved("image")
     phase = make_plan("linear-probe", config).phases[0]
-    train, val = _loaders()
     before = _snapshot(model)
-    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"),
-                LoopConfig(batch_size=16, patience=0, quiet=True), log=lambda s: None)
+    train_one_phase(model, phase)
     after = _snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
     assert not torch.equal(before["head.weight"], after["head.weight"])
@@ -73,7 +69,6 @@ def test_best_epoch_weights_are_kept():
     model = build_image_model("resnet10t", num_classes=3)
     config = FitConfig(data="x", strategy="full", epochs=3, lr=1e-3).resolved("image")
     phase = make_plan("full", config).phases[0]
-    train, val = _loaders()
     seen = []
     states = []
 
@@ -81,9 +76,7 @@ def test_best_epoch_weights_are_kept():
         seen.append(rec.val_accuracy)
         states.append(_snapshot(model))
 
-    train_phase(model, phase, phase.trainable(model), train, val, make_accelerator("no"),
-                LoopConfig(batch_size=16, patience=0, quiet=True, channels_last=False), log=lambda s: None,
-                on_epoch=on_epoch)
+    train_one_phase(model, phase, on_epoch=on_epoch, channels_last=False)
     best = int(np.argmax(seen))
     final = _snapshot(model)
     assert all(torch.equal(final[k], states[best][k]) for k in final)
@@ -132,7 +125,7 @@ def test_encoder_dropout_overrides_the_source_config():
 
 
 def test_auto_precision_keeps_depthwise_cnns_in_fp32_on_cpu(monkeypatch):
-    from xfer import train
+    from xfer.fitting import device as train
 
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)

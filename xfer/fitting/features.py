@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xfer.data.task import Split
-from xfer.train import place, run_inference, to_device
+from xfer.fitting.device import place, run_inference, to_device
 
 
 def cache_dir() -> Path:

@@ -21,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from xfer import runs
 from xfer.config import RESUME_FREE, FitConfig
 from xfer.errors import XferError
+from xfer.fitting.hooks import Context, Hook
+from xfer.runs import RunFolder, atomic_write, read_json, write_json
 
 # Per-modality default search space. A value is a list (categorical), a dict with low/high (float; "log": true for a
 # log scale, "int": true for integers), or a fixed value; "when" limits a parameter to some strategies.
@@ -197,6 +198,27 @@ def _pruner(settings: dict):
     return optuna.pruners.NopPruner()
 
 
+class Pruning(Hook):
+    """Reports validation accuracy after every full-network epoch to the trial (head-only epochs on cached features
+    are not comparable with them) and stops the fit, by raising, when the pruner says so or another worker has
+    reached the target."""
+
+    def __init__(self, trial, target_reached: Callable[[], bool]):
+        self.trial, self.target_reached, self.step = trial, target_reached, 0
+
+    def after_epoch(self, ctx: Context, record) -> None:
+        import optuna
+
+        if ctx.phase.cached_features:
+            return
+        self.trial.report(record.val_accuracy, self.step)
+        self.step += 1
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {self.step} (val {record.val_accuracy:.4f})")
+        if self.target_reached():
+            raise optuna.TrialPruned("target reached by another trial")
+
+
 def _reached(study, target: float | None) -> bool:
     if target is None:
         return False
@@ -214,8 +236,9 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
     on train, evaluate it once on test, and save it as `<out>/best`."""
     import optuna
 
-    from xfer.api import fit, load_fit_task
-    from xfer.sources import DEFAULT_SOURCE, load_source, resolve_source
+    from xfer.fitting.fit import fit
+    from xfer.fitting.prepare import fit_source, load_fit_task
+    from xfer.sources import load_source
 
     if sampler not in SAMPLERS or pruner not in PRUNERS:
         raise XferError(f"--sampler must be one of {SAMPLERS} and --pruner one of {PRUNERS}.")
@@ -236,7 +259,7 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
     # Loaded once per worker and shared by every trial: the task, the source's verified weights, and (on disk)
     # frozen-backbone features, keyed by preprocessing.
     task = load_fit_task(cfg)
-    source = load_source(resolve_source(cfg.source or DEFAULT_SOURCE[task.modality], cfg.arch))
+    source = load_source(fit_source(cfg.resolved(task.modality), task))
     full_space = load_space(task.modality, settings["space"])
     if full_space.get("image_size") == "auto":
         full_space["image_size"] = _image_sizes(task, source) if task.modality == "image" else None
@@ -255,16 +278,9 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
         trial.set_user_attr("worker", os.getpid())
         params = suggest(trial, full_space)
         trial_cfg = replace(cfg, **params)
-
-        def on_epoch(step: int, rec) -> None:
-            trial.report(rec.val_accuracy, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {step + 1} (val {rec.val_accuracy:.4f})")
-            if _reached(study, target):
-                raise optuna.TrialPruned("target reached by another trial")
-
         start = time.perf_counter()
-        run = fit(trial_cfg, task=task, loaded_source=source, evaluate_test=False, save=False, on_epoch=on_epoch)
+        run = fit(trial_cfg, task=task, loaded_source=source, evaluate_test=False, save=False,
+                  hooks=(Pruning(trial, lambda: _reached(study, target)),))
         trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 2))
         value = run.metrics["val"]["accuracy"]
         log(f"trial {trial.number}: val {value:.4f}  {params}")
@@ -292,7 +308,7 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
         raise XferError(f"No trial of study {study_name!r} finished; see {out / 'trials.csv'} for their states.")
     best_dir = out / "best"
     result["best_run"] = str(best_dir)
-    previous = runs.read_json(out, "search.json") if (out / "search.json").exists() else {}
+    previous = read_json(out, "search.json") if (out / "search.json").exists() else {}
     same_best = (previous.get("best") or {}).get("number") == result["best"]["number"]
     if not (best_dir.exists() and same_best):
         best_cfg = replace(cfg, **result["best"]["params"], out=str(best_dir), quiet=cfg.quiet,
@@ -308,10 +324,10 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
             log(f"note: {e}")
     else:
         log(f"best configuration unchanged (trial {result['best']['number']}): keeping {best_dir}")
-    if "best_test_accuracy" not in result and (best_dir / "metrics.json").exists():
-        result["best_test_accuracy"] = runs.read_json(best_dir, "metrics.json")["test.accuracy"]
+    if "best_test_accuracy" not in result and RunFolder(best_dir).exists():
+        result["best_test_accuracy"] = RunFolder(best_dir).headline().get("test.accuracy")
     plots(study, out)
-    runs.write_json(out / "search.json", result)
+    write_json(out / "search.json", result)
     return result
 
 
@@ -361,7 +377,7 @@ def write_trials(study, path: Path) -> None:
         w.writerow([t.number, t.state.name, "" if t.value is None else f"{t.value:.6f}",
                     f"{secs:.1f}" if secs != "" else "", t.user_attrs.get("train_seconds", ""),
                     t.user_attrs.get("worker", "")] + [t.params.get(n, "") for n in names])
-    runs.atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def plots(study, out: Path) -> list[Path]:

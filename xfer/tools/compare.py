@@ -18,12 +18,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from xfer import runs
 from xfer.config import RESUME_FREE, FitConfig
 from xfer.errors import XferError
-from xfer.strategies import STRATEGIES
+from xfer.fitting.strategies import STRATEGIES
+from xfer.runs import RunFolder, write_json, write_yaml
 
 
 def run_name(strategy: str, seed: int, seeds: list[int]) -> str:
@@ -33,10 +31,9 @@ def run_name(strategy: str, seed: int, seeds: list[int]) -> str:
 def _same_config(run_dir: Path, cfg: FitConfig) -> bool:
     """True when `run_dir` is a finished run made with these options (defaults resolved as that run did)."""
     try:
-        runs.verify_run(run_dir)
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        modality = runs.read_json(run_dir, runs.SPEC)["modality"]
-    except (OSError, XferError, yaml.YAMLError, KeyError):
+        folder = RunFolder(run_dir).verify()
+        saved, modality = folder.config(), folder.spec()["modality"]
+    except (OSError, XferError, KeyError):
         return False
     wanted = cfg.resolved(modality).to_dict()
     return all(saved.get(k) == v for k, v in wanted.items() if k not in RESUME_FREE)
@@ -47,8 +44,9 @@ def _row(strategy: str, seed: int, run_dir: Path, status: str, **extra) -> dict:
            "test_macro_f1": None, "val_accuracy": None, "trainable_params": None, "total_params": None,
            "train_seconds": None, "peak_memory_mb": None, **extra}
     if status in ("ok", "reused"):
-        m = runs.read_json(run_dir, "metrics.json")
-        row.update(test_accuracy=m["test.accuracy"], test_macro_f1=m["test.macro_f1"],
+        folder = RunFolder(run_dir)
+        m, head = folder.metrics(), folder.headline()
+        row.update(test_accuracy=head["test.accuracy"], test_macro_f1=head["test.macro_f1"],
                    val_accuracy=m["val"]["accuracy"], val_n=m["val"]["n"], trainable_params=m.get("trainable_params"),
                    total_params=m.get("total_params"), train_seconds=m.get("train_seconds"),
                    peak_memory_mb=extra.get("peak_memory_mb") or m.get("peak_memory_mb"))
@@ -57,7 +55,7 @@ def _row(strategy: str, seed: int, run_dir: Path, status: str, **extra) -> dict:
 
 def _run_child(cfg: FitConfig, config_file: Path, log_file: Path) -> tuple[int, float]:
     """`xfer fit --config` in a child process; returns its exit code and peak resident memory (MiB)."""
-    runs.write_yaml(config_file, {k: v for k, v in cfg.to_dict().items() if v is not None})
+    write_yaml(config_file, {k: v for k, v in cfg.to_dict().items() if v is not None})
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "xfer.cli", "fit", "--config", str(config_file)],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -169,7 +167,7 @@ def compare(cfg: FitConfig, strategies: list[str], seeds: list[int], out: Path,
         start = time.perf_counter()
         code, peak = _run_child(child, out / "logs" / f"{run_dir.name}.yaml", log_file)
         wall = time.perf_counter() - start
-        if code == 0 and (run_dir / runs.SPEC).exists():
+        if code == 0 and RunFolder(run_dir).exists():
             row = _row(strategy, seed, run_dir, "ok", peak_memory_mb=peak, wall_seconds=wall)
             log(f"{tag}: test acc {row['test_accuracy']:.4f}, {row['trainable_params']:,} trainable, "
                 f"trained {row['train_seconds']:.0f}s")
@@ -185,7 +183,7 @@ def compare(cfg: FitConfig, strategies: list[str], seeds: list[int], out: Path,
               "budget": {"epochs": cfg.epochs, "time_budget": cfg.time_budget},
               "strategies": summary, "runs": rows, "recommendation": recommend(summary, val_n),
               "config": {k: v for k, v in asdict(cfg).items() if k not in ("strategy", "seed", "out")}}
-    runs.write_json(out / "compare.json", result)
+    write_json(out / "compare.json", result)
     if any(s["test_accuracy"] is not None for s in summary):
         plot(summary, out / "compare.png", f"{cfg.data} <- {cfg.source or 'default source'}"
              + (f", {cfg.shots}-shot" if cfg.shots else "") + f", seeds {','.join(map(str, seeds))}")

@@ -1,4 +1,4 @@
-"""The run folder: the only place that writes run files, and the only place that loads them back.
+"""The run folder: the only place that knows its file names and writes or reads them (RunFolder, write_run).
 
 A run is first written into a hidden temporary folder beside its destination, checksummed (SHA256SUMS), then moved
 into place with one rename, so a crash never leaves a half-written run and an existing run is replaced only when the
@@ -13,7 +13,9 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -23,6 +25,14 @@ from xfer.errors import XferError
 SUMS = "SHA256SUMS"
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+HISTORY = "history.json"
+TRANSFER_REPORT = "transfer_report.json"
+BACKBONE = "backbone"  # text runs: the encoder's config and tokenizer, so loading needs no download
+SPEC_FORMAT = 1
+# Flat copies of the nested metrics that tools and scripts read without knowing the nesting.
+HEADLINE = ("test.accuracy", "test.macro_f1", "val.accuracy", "baseline.test.accuracy")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -153,10 +163,102 @@ def load_tensor_folder(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]]
 
 
 def read_json(folder: Path, name: str) -> dict:
-    return json.loads((Path(folder) / name).read_text())
+    try:
+        return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise XferError(f"{Path(folder) / name} is not valid JSON: {e}") from e
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(folder) / WEIGHTS))
+
+
+def flat_metrics(metrics: dict) -> dict:
+    """The metrics with the HEADLINE keys added (`test.accuracy` = metrics["test"]["accuracy"], ...)."""
+    out = dict(metrics)
+    for key in HEADLINE:
+        value = metrics
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A saved run, read through named accessors; `verify()` checks every checksum before anything is trusted."""
+
+    path: Path
+
+    def exists(self) -> bool:
+        """A finished run is there (its spec and checksums were written last, by the rename)."""
+        return (self.path / SPEC).is_file() and (self.path / SUMS).is_file()
+
+    def verify(self) -> "RunFolder":
+        verify_run(self.path)
+        return self
+
+    def spec(self) -> dict:
+        spec = read_json(self.path, SPEC)
+        if spec.get("format") != SPEC_FORMAT:
+            raise XferError(f"{self.path} was written by an incompatible xfer version (spec format "
+                            f"{spec.get('format')}).")
+        return spec
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_weights(self.path)
+
+    def config(self) -> dict:
+        """The resolved options the run was made with."""
+        if not (self.path / CONFIG).exists():
+            return {}
+        try:
+            return yaml.safe_load((self.path / CONFIG).read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError) as e:
+            raise XferError(f"{self.path / CONFIG} cannot be read: {e}") from e
+
+    def metrics(self) -> dict:
+        return read_json(self.path, METRICS) if (self.path / METRICS).exists() else {}
+
+    def headline(self) -> dict:
+        """The HEADLINE metrics the run has (a run without a baseline has no `baseline.test.accuracy`)."""
+        metrics = self.metrics()
+        return {k: metrics[k] for k in HEADLINE if k in metrics}
+
+    def history(self) -> list:
+        return read_json(self.path, HISTORY) if (self.path / HISTORY).exists() else []
+
+    @property
+    def backbone(self) -> Path:
+        return self.path / BACKBONE
+
+
+def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor], config: dict | None = None,
+              metrics: dict | None = None, history: list | None = None, transfer_report: dict | None = None,
+              backbone: Callable[[Path], None] | None = None, copy_from: Path | None = None,
+              overwrite: bool = False) -> Path:
+    """Write a run folder atomically (see new_run). `backbone(folder)` saves the encoder's files; `copy_from` copies
+    every other file of an existing run (an export keeps the original's config, metrics and reports)."""
+    with new_run(dest, overwrite) as tmp:
+        if copy_from is not None:
+            for p in Path(copy_from).iterdir():
+                if p.name in (WEIGHTS, SPEC, SUMS) or p.name.startswith("."):
+                    continue
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        save_weights(tmp, weights)
+        write_json(tmp / SPEC, spec)
+        if config is not None:
+            write_yaml(tmp / CONFIG, config)
+        if metrics is not None:
+            write_json(tmp / METRICS, flat_metrics(metrics))
+        if history is not None:
+            write_json(tmp / HISTORY, history)
+        if transfer_report is not None:
+            write_json(tmp / TRANSFER_REPORT, transfer_report)
+        if backbone is not None:
+            (tmp / BACKBONE).mkdir()
+            backbone(tmp / BACKBONE)
+    return Path(dest)

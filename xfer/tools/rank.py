@@ -1,5 +1,5 @@
 """Choose a source before training: `xfer rank` scores candidate sources on the target's labelled data with the
-transferability estimators of xfer.rank, and optionally fine-tunes the top ones to check the ranking.
+transferability estimators of xfer.tools.estimators, and optionally fine-tunes the top ones to check the ranking.
 
 Per source: load it (a source that cannot be loaded is listed with the reason and skipped), build the target
 network and transfer the weights exactly as `fit` does, extract features of a stratified sample of the training
@@ -17,13 +17,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xfer import runs
 from xfer.config import FitConfig
-from xfer.data import load_task
 from xfer.data.loaders import batches
 from xfer.data.task import Split, Task
 from xfer.errors import XferError
-from xfer.rank import ESTIMATORS, score_all
+from xfer.fitting.prepare import load_fit_task
+from xfer.runs import write_json
+from xfer.tools.estimators import ESTIMATORS, score_all
 
 DEFAULT_SCORE = "logme"
 
@@ -61,31 +61,22 @@ def source_classifier(report, state: dict, num_features: int, spec) -> tuple[tor
 
 def score_source(name: str, task: Task, sample: Split, cfg: FitConfig, log: Callable[[str], None]) -> dict:
     """Features (+ source probabilities) of `sample` through one source, and every applicable score."""
-    from xfer.api import _make_spec, build_model, feature_id
-    from xfer.data.loaders import ImageBatches, TextBatches, prep_from_dict
-    from xfer.features import cache_key, cached_features
-    from xfer.sources import load_source, resolve_source
-    from xfer.train import make_accelerator
-    from xfer.transfer import transfer
+    from xfer.fitting.device import make_accelerator
+    from xfer.fitting.features import cached_features
+    from xfer.fitting.prepare import prepare
+    from xfer.sources import resolve_source
 
     spec_src = resolve_source(name)
-    if spec_src.modality != task.modality:
-        raise XferError(f"a {spec_src.modality} source for {task.modality} data")
-    source = load_source(spec_src)
-    torch.manual_seed(cfg.seed)
-    spec, tokenizer = _make_spec(cfg, task, source)
-    model = build_model(spec, source.hf_dir)
-    report = transfer(source.state_dict, model, allow_partial=cfg.allow_partial_transfer or spec_src.origin == "random")
-    prep = prep_from_dict(spec["prep"])
-    dataset = ImageBatches(sample, prep) if task.modality == "image" else TextBatches(sample, tokenizer, prep)
+    prep = prepare(replace(cfg, source=name), task=task, source=spec_src, splits=())
+    model, report = prep.model, prep.report
     acc = make_accelerator(cfg.precision, model=model)
-    key = cache_key(feature_id(spec_src, cfg.seed) + ":rank", [sample], spec["prep"], False)
+    key = prep.feature_key([sample], False, tag=":rank")
     start = time.perf_counter()
-    (features,) = cached_features(model, [batches(dataset, cfg.batch_size or 64, shuffle=False)], acc, key, False,
-                                  log=lambda m: None)
+    (features,) = cached_features(model, [batches(prep.dataset(sample), cfg.batch_size or 64, shuffle=False)], acc,
+                                  key, False, log=lambda m: None)
     seconds = time.perf_counter() - start
     probs = None
-    head = source_classifier(report, source.state_dict, features.shape[1], spec_src)
+    head = source_classifier(report, prep.source.state_dict, features.shape[1], spec_src)
     if head is not None:
         probs = torch.softmax(features.double() @ head[0].double().T + head[1].double(), dim=1).numpy()
     labels = sample.labels
@@ -113,9 +104,7 @@ def rank_sources(cfg: FitConfig, sources: list[str] | None = None, *, max_sample
     each estimator's ranking agreed with the fine-tuned accuracies (Kendall's tau)."""
     if sources is not None and not sources:
         raise XferError("No sources given: pass --sources a,b,c (see `xfer sources`).")
-    task = load_task(cfg.data, val=cfg.val, test=cfg.test, text_column=cfg.text_column,
-                     image_column=cfg.image_column, label_column=cfg.label_column, val_fraction=cfg.val_fraction,
-                     test_fraction=cfg.test_fraction, seed=cfg.seed)
+    task = load_fit_task(cfg)  # few-shot applied: scores and --validate see the same training data
     cfg = cfg.resolved(task.modality)
     if sources is None:  # every offline source of the data's modality
         from xfer.sources import CATALOGUE
@@ -145,13 +134,13 @@ def rank_sources(cfg: FitConfig, sources: list[str] | None = None, *, max_sample
     if validate:
         result["validation"] = _validate(cfg, ok[:validate], out, log)
     if out is not None:
-        runs.write_json(Path(out) / "rank.json", result)
+        write_json(Path(out) / "rank.json", result)
     return result
 
 
 def _validate(cfg: FitConfig, top: list[dict], out: Path | None, log) -> dict:
     """Fine-tune each of `top` with the default strategy and compare the estimators' orders with the accuracies."""
-    from xfer.api import fit
+    from xfer.fitting.fit import fit
 
     for r in top:
         run_dir = (Path(out) if out else Path("runs")) / f"validate-{r['source'].replace(':', '_').replace('/', '_')}"

@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from xfer.api import fit
+from xfer.fitting.fit import fit
 from xfer.config import FitConfig
 
 # Settings chosen to finish in a few minutes on a 2-core CPU (`xfer fit` defaults train longer / at a larger

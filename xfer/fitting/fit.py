@@ -1,0 +1,185 @@
+"""`fit`: the pipeline end to end, read top to bottom.
+
+options -> prepare (task, source, transfer, datasets) -> plan (strategy) -> run_plan (phases, loop, hooks,
+checkpoints) -> evaluate -> from-scratch baseline -> run folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from xfer.config import FitConfig, make_config
+from xfer.data.loaders import batches
+from xfer.data.task import Task
+from xfer.errors import XferError
+from xfer.fitting.device import make_accelerator, predict_logits, seed_everything
+from xfer.fitting.evaluate import classification_metrics, transfer_gain
+from xfer.fitting.hooks import Hook
+from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare
+from xfer.fitting.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
+from xfer.fitting.strategies import make_plan
+from xfer.models import lora_options
+from xfer.runs.folder import check_destination, write_run
+from xfer.runs.run import Run
+from xfer.sources import LoadedSource
+
+
+def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = None,
+        loaded_source: LoadedSource | None = None, evaluate_test: bool = True, save: bool = True,
+        hooks: tuple[Hook, ...] = (), **overrides) -> Run:
+    """Transfer a pretrained source to the task in `data`, fine-tune it, evaluate it, and save a run folder.
+
+    `config` is a FitConfig or a YAML file; keyword arguments override it (e.g. `fit(data="builtin:mnist5k")`).
+    A search passes the `task` and `loaded_source` it loaded once, `evaluate_test=False` and `save=False` for its
+    trials (the test split is never touched), and its pruner as one of `hooks` (see fitting/hooks.py).
+    """
+    if isinstance(config, FitConfig):
+        cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        cfg = make_config(config, **overrides)
+    log = _log(cfg)
+    seed_everything(cfg.seed)
+    if cfg.out and save:
+        check_destination(Path(cfg.out), cfg.overwrite)
+    make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
+
+    task = task if task is not None else load_fit_task(cfg)
+    cfg = cfg.resolved(task.modality)
+    log(task.describe())
+    for note in task.notes:
+        log(f"[yellow]note:[/] {note}")
+    source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)
+    out = ckpt = resume = None
+    if save:
+        out = Path(cfg.out) if cfg.out else _default_out(cfg, source_spec.name, task)
+        check_destination(out, cfg.overwrite)
+        ckpt, resume = _checkpoint(cfg, out)
+    splits = ("train", "val", "test") if evaluate_test else ("train", "val")
+    prep = prepare(cfg, task=task, source=loaded_source or source_spec, splits=splits, log=log)
+    model, data = prep.model, prep.datasets
+
+    plan = make_plan(cfg.strategy, cfg)
+    if resume is not None:
+        log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"
+            + (f", after epoch {resume.state.epoch}" if resume.state else "") + ")")
+    feature_key = (prep.feature_key([task.train, task.val], cfg.bn_adapt)
+                   if any(p.cached_features for p in plan.phases) else None)
+    start = time.perf_counter()
+    result = run_plan(model, plan, data["train"], data["val"], cfg, feature_key=feature_key, log=log,
+                      checkpoint=ckpt if (cfg.checkpoint and save) else None, resume=resume, hooks=hooks)
+    train_seconds = time.perf_counter() - start
+    prep.spec["lora"] = lora_options(model)
+
+    metrics = evaluate(model, data, task.labels, cfg, splits[1:])
+    metrics.update(result.extras)
+    metrics["train_seconds"] = train_seconds
+    metrics["trainable_params"] = result.trainable_params
+    metrics["total_params"] = sum(p.numel() for p in model.parameters())
+    metrics["peak_memory_mb"] = peak_memory_mb()
+    if evaluate_test:
+        log(f"test accuracy {metrics['test']['accuracy']:.4f}  macro-F1 {metrics['test']['macro_f1']:.4f}  "
+            f"(trained in {train_seconds:.0f}s)")
+    else:
+        log(f"val accuracy {metrics['val']['accuracy']:.4f} (trained in {train_seconds:.0f}s; test split not used)")
+
+    if cfg.baseline and evaluate_test:
+        metrics["baseline"] = _baseline(prep, plan.backbone_epochs, log)
+        metrics["transfer_gain"] = transfer_gain(metrics["test"]["accuracy"], metrics["baseline"]["test"]["accuracy"])
+        g = metrics["transfer_gain"]
+        flag = "  [bold red]NEGATIVE TRANSFER[/]" if g["negative_transfer"] else ""
+        log(f"baseline (from scratch) test accuracy {metrics['baseline']['test']['accuracy']:.4f}; "
+            f"gain of transfer {g['gain']:+.4f}{flag}")
+
+    run = Run(model.cpu().to(memory_format=torch.contiguous_format), prep.spec, out, metrics, prep.report,
+              result.history, prep.tokenizer)
+    if save:
+        text = prep.spec["modality"] == "text"
+        write_run(out, spec=run.spec, weights=run.model.state_dict(), config=replace(cfg, out=str(out)).to_dict(),
+                  metrics=metrics, history=run.history, transfer_report=run.report.to_dict(),
+                  backbone=(lambda d: _save_encoder(run, d)) if text else None, overwrite=cfg.overwrite)
+        run.tokenizer = None  # text runs read it back from the run folder, as a loaded run does
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log(f"run saved to {out}")
+    return run
+
+
+def evaluate(model, datasets: dict, labels, cfg: FitConfig, splits=("val", "test")) -> dict:
+    """Metrics of the model on each named split."""
+    acc = make_accelerator(cfg.precision, model=model)
+    out = {}
+    for split in splits:
+        loader = batches(datasets[split], cfg.batch_size * 2, shuffle=False)
+        logits = predict_logits(model, loader, acc, cfg.channels_last)
+        out[split] = classification_metrics(datasets[split].labels.numpy(), logits.argmax(1).numpy(), labels)
+    return out
+
+
+def _baseline(prep: Prepared, backbone_epochs: int, log) -> dict:
+    """The same architecture from random initialisation, trained with the same full-network budget."""
+    log("[bold]baseline:[/] same architecture from scratch, same budget")
+    model = prep.fresh_model()
+    # Nothing is pretrained here, so nothing is kept frozen: embedding tables train too.
+    base_cfg = replace(prep.cfg, strategy="full", epochs=max(1, backbone_epochs), freeze_embeddings=False)
+    start = time.perf_counter()
+    result = run_plan(model, make_plan("full", base_cfg), prep.datasets["train"], prep.datasets["val"], base_cfg,
+                      log=log)
+    metrics = evaluate(model, prep.datasets, prep.task.labels, prep.cfg)
+    metrics["train_seconds"] = time.perf_counter() - start
+    metrics["history"] = result.history
+    metrics["epochs"] = base_cfg.epochs
+    return metrics
+
+
+def _save_encoder(run: Run, folder: Path) -> None:
+    """The encoder's config and tokenizer travel with a text run: eval/predict need no source download."""
+    run.model.backbone.config.save_pretrained(folder)
+    run.tokenizer.save_pretrained(str(folder))
+
+
+def _log(cfg: FitConfig) -> Callable[[str], None]:
+    if cfg.quiet:
+        return lambda msg: None
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    return lambda msg: console.print(msg, soft_wrap=True)
+
+
+def _default_out(cfg: FitConfig, source: str, task: Task) -> Path:
+    data = Path(task.name.replace("builtin:", "")).stem
+    source = source.replace(":", "_").replace("/", "_")
+    return Path("runs") / f"{data}-{source}-{cfg.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _checkpoint(cfg: FitConfig, out: Path):
+    """The checkpoint folder beside `out`, and what to resume from: an interrupted fit's checkpoint is never
+    discarded silently (it needs --resume or --overwrite)."""
+    ckpt = checkpoint_dir(out)
+    if cfg.resume:
+        if not ckpt.exists():
+            raise XferError(f"Nothing to resume: {ckpt} does not exist. Run without --resume to start this fit.")
+        resume = load_checkpoint(ckpt)
+        check_resumable(resume, cfg.to_dict(), ckpt)
+        return ckpt, resume
+    if ckpt.exists():
+        if not cfg.overwrite:
+            raise XferError(f"An interrupted fit left a checkpoint at {ckpt}. Pass --resume (with the same options) "
+                            f"to continue it, or --overwrite to start over.")
+        shutil.rmtree(ckpt)
+    return ckpt, None
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory on a GPU; on the CPU the process's peak resident memory (one fit per process gives
+    a per-fit figure, which is how `xfer compare` runs them)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,1 @@
+"""Commands built on the fitting core: rank sources, compare strategies, search, export, the demo."""
