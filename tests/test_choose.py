@@ -24,8 +24,7 @@ def test_rank_scores_sources_and_skips_the_unloadable(image_folder, tmp_path):
     rows = {r["source"]: r for r in result["ranking"]}
     assert rows["no_such_source"]["status"] == "skipped" and "Unknown source" in rows["no_such_source"]["reason"]
     ok = [r for r in result["ranking"] if r["status"] == "ok"]
-    assert [r["rank"] for r in ok] == [1, 2]
-    assert ok[0]["scores"]["logme"] >= ok[1]["scores"]["logme"]
+    assert len(ok) == 2
     for r in ok:
         # The ImageNet head of the source gives LEEP and NCE; the random control gets a random head of that size.
         assert set(r["scores"]) == {"logme", "hscore", "probe_accuracy", "leep", "nce"}
@@ -35,15 +34,23 @@ def test_rank_scores_sources_and_skips_the_unloadable(image_folder, tmp_path):
     assert [r["source"] for r in saved["ranking"]] == [r["source"] for r in result["ranking"]]
 
 
-def test_rank_validate_fine_tunes_the_top_sources(image_folder, tmp_path):
-    cfg = FitConfig(data=str(image_folder), image_size=32, batch_size=8, epochs=1, lp_epochs=2, min_steps=0,
-                    quiet=True, strategy="linear-probe")
-    result = rank_sources(cfg, ["mobilenet_v2", "random:mobilenet_v2"], validate=2, out=tmp_path,
+def test_pretrained_source_outranks_its_random_twin_before_and_after_fine_tuning(tmp_path):
+    """MNIST, 20 examples per class: ImageNet MobileNet-V2 against the same network untrained. Every estimator must
+    put the pretrained source first, fine-tuning must agree, and the scores must see the few-shot training set the
+    validation fine-tunes on (200 examples, not the full 3,500)."""
+    cfg = FitConfig(data="builtin:mnist5k", shots=20, image_size=32, batch_size=32, epochs=1, lp_epochs=5,
+                    min_steps=0, quiet=True)
+    result = rank_sources(cfg, ["random:mobilenet_v2", "mobilenet_v2"], validate=2, out=tmp_path,
                           log=lambda m: None)
-    v = result["validation"]
-    assert len(v["sources"]) == 2 and all(0 <= a <= 1 for a in v["test_accuracy"])
-    assert set(v["kendall_tau"]) == {"logme", "hscore", "probe_accuracy", "leep", "nce"}
-    assert all(t is None or -1 <= t <= 1 for t in v["kendall_tau"].values())
+    rows = {r["source"]: r for r in result["ranking"]}
+    pre, rnd = rows["mobilenet_v2"], rows["random:mobilenet_v2"]
+    assert pre["samples"] == rnd["samples"] == 200
+    for name in ("logme", "leep", "nce", "hscore", "probe_accuracy"):
+        assert pre["scores"][name] > rnd["scores"][name], name
+    assert pre["rank"] == 1
+    assert pre["fine_tuned"]["test_accuracy"] > rnd["fine_tuned"]["test_accuracy"] + 0.2
+    assert result["validation"]["kendall_tau"] == {k: 1.0 for k in ("logme", "hscore", "probe_accuracy", "leep",
+                                                                    "nce")}
     assert (tmp_path / "validate-mobilenet_v2" / "model.safetensors").exists()
 
 
@@ -72,4 +79,6 @@ def test_stratified_sample_and_kendall_tau():
     assert stratified_sample(split, 0) is split and stratified_sample(split, 500) is split
     assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)  # 5 concordant pairs, 1 discordant
+    assert kendall_tau([1, 2, 3], [5, 5, 5]) is None
     assert kendall_tau([1], [2]) is None

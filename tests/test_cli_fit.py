@@ -46,13 +46,19 @@ def test_eval_json_and_predict(fitted):
     proc = _run(["eval", "runs/tiny", "--data", "data", "--json"], fitted, fitted / "cache")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result["n"] == 20 and 0.0 <= result["accuracy"] <= 1.0
-    assert len(result["confusion_matrix"]) == 2
+    import xfer
+
+    run = xfer.load(fitted / "runs/tiny")
+    assert result["n"] == 20
+    assert result["accuracy"] == pytest.approx(run.evaluate(str(fitted / "data"))["accuracy"])
+    assert sum(map(sum, result["confusion_matrix"])) == 20 and len(result["confusion_matrix"]) == 2
     img = str(fitted / "data" / "cat" / "0.png")
     proc = _run(["predict", "runs/tiny", img, "--json"], fitted, fitted / "cache")
     assert proc.returncode == 0, proc.stderr
     preds = json.loads(proc.stdout)
-    assert preds[0]["label"] in ("cat", "dog") and 0.5 <= preds[0]["confidence"] <= 1.0
+    expected = run.predict([img])[0]
+    assert preds[0]["label"] == expected["label"]
+    assert preds[0]["confidence"] == pytest.approx(expected["confidence"], abs=1e-5)
 
 
 def test_refit_into_existing_run_is_refused(fitted):
