@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(PY) bench/step_overhead.py
 	$(PY) bench/feature_cache.py
+	$(PY) bench/cpu_choices.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,7 +8,6 @@ without ever unpickling arbitrary objects.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
 import os
 import pickle
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from xfer.errors import XferError
+from xfer.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -126,14 +126,6 @@ def resolve_source(name: str, arch: str | None = None) -> SourceSpec:
     raise XferError(
         f"Unknown source {name!r}.{hint} Offline sources: {', '.join(CATALOGUE)}; online forms: {', '.join(ONLINE_FORMS)}."
     )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def wheel_path(spec: SourceSpec) -> Path:

@@ -7,7 +7,6 @@ user asked for it. Loading verifies every checksum first and reads weights only 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import torch
 import yaml
 
 from xfer.errors import XferError
+from xfer.hashing import sha256_file
 
 SUMS = "SHA256SUMS"
 WEIGHTS = "model.safetensors"
@@ -67,14 +67,6 @@ def _jsonable(o):
     raise TypeError(type(o))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_destination(dest: Path, overwrite: bool) -> None:
     if dest.exists() and not overwrite:
         raise XferError(f"Run folder {dest} already exists. Choose another --out, or pass --overwrite to replace it.")
@@ -112,7 +104,7 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
 
 def write_checksums(folder: Path) -> None:
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != SUMS and not p.name.startswith("."))
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in files]
     atomic_write(Path(folder) / SUMS, "\n".join(lines) + "\n")
 
 
@@ -135,7 +127,7 @@ def _verify_sums(folder: Path, required: tuple[str, ...]) -> None:
     for name in required:
         if name not in listed:
             raise XferError(f"{folder}/{SUMS} does not list {name}; the folder was altered.")
-    bad = [n for n, d in listed.items() if not (folder / n).is_file() or _sha256(folder / n) != d]
+    bad = [n for n, d in listed.items() if not (folder / n).is_file() or sha256_file(folder / n) != d]
     if bad:
         raise XferError(f"Run folder {folder} was modified after it was written: checksum mismatch or missing file "
                         f"for {', '.join(bad)}. Refusing to load it; re-run `xfer fit` or restore the original files.")
