@@ -40,7 +40,12 @@ def _fit_options(func, exclude: tuple[str, ...] = ()):
 @click.version_option(package_name="xfer")
 def cli():
     """xfer: transfer learning for image and text classification."""
-    warnings.filterwarnings("ignore")
+    from xfer.errors import XferWarning
+
+    warnings.filterwarnings("ignore")  # libraries' deprecation chatter
+    warnings.filterwarnings("always", category=XferWarning)
+    warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(
+        click.style("warning: ", fg="yellow", bold=True) + str(message), err=True)
 
 
 @cli.command()
@@ -215,9 +220,7 @@ def search_cmd(target, trials, timeout, storage, study_name, sampler, pruner, sp
     """
     from pathlib import Path
 
-    import yaml
-
-    from xfer.config import make_config, parse_duration
+    from xfer.config import make_config, parse_duration, read_yaml_mapping
     from xfer.tools.search import format_params, search, show as show_study
 
     data = options.get("data")
@@ -248,14 +251,7 @@ def search_cmd(target, trials, timeout, storage, study_name, sampler, pruner, sp
                           f"{format_params(result['best']['params'])}")
         console.print(f"written: {out / 'trials.csv'} and plots in {out}")
         return
-    space = None
-    if space_file:
-        try:
-            space = yaml.safe_load(Path(space_file).read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise XferError(f"Cannot read the search space {space_file}: {e}") from e
-        if not isinstance(space, dict):
-            raise XferError(f"Search space {space_file} must be a mapping of option -> choices or range.")
+    space = read_yaml_mapping(space_file, "Search space") if space_file else None
     cfg = make_config(config_file, **options) if (data or config_file) else FitConfig()
     log = (lambda m: None) if (cfg.quiet or as_json) else (lambda m: console.print(m, soft_wrap=True))
     result = search(cfg, study_name=study_name, out=out, storage_url=url, target=target, trials=trials,

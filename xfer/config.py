@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import yaml
 
 from xfer.errors import XferError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+BN_POLICIES = ("auto", "frozen", "train")
 
 # Defaults that depend on the modality; None in FitConfig means "take these".
 MODALITY_DEFAULTS = {
@@ -82,6 +88,12 @@ class FitConfig:
     resume: bool = False  # continue an interrupted fit from its checkpoint (same options, same --out)
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        # Every FitConfig is checked where it is made (flags, YAML, Python, a search's trial), before any data or
+        # weights are loaded; whole numbers given where a float is expected are converted.
+        for name, value in check_options(asdict(self)).items():
+            object.__setattr__(self, name, value)
+
     def resolved(self, modality: str) -> "FitConfig":
         """Fill modality-dependent defaults (epochs, rates, batch size) left as None."""
         defaults = MODALITY_DEFAULTS[modality]
@@ -97,20 +109,33 @@ RESUME_FREE = frozenset({"out", "overwrite", "resume", "quiet", "checkpoint", "n
 COMPARE_STRATEGIES = ("linear-probe", "lp-ft", "full", "layer-decay", "l2-sp", "bitfit", "lora")
 
 
+def read_yaml_mapping(path: str | Path, what: str = "Config file") -> dict:
+    """A YAML file holding a mapping, or a one-paragraph error that says what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise XferError(f"{what} {path} does not exist.")
+    if not path.is_file():
+        raise XferError(f"{what} {path} is a folder, not a file. Give the path of a .yaml file.")
+    try:
+        loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise XferError(f"{what} {path} is not UTF-8 text (byte {e.start}). Save it as UTF-8.") from e
+    except OSError as e:
+        raise XferError(f"{what} {path} cannot be read: {e.strerror or e}.") from e
+    except yaml.YAMLError as e:
+        raise XferError(f"{what} {path} is not valid YAML: {e}") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise XferError(f"{what} {path} must be a mapping of option: value (got {type(loaded).__name__}).")
+    return loaded
+
+
 def make_config(config_file: str | Path | None = None, **overrides) -> FitConfig:
     """Defaults, then the YAML file, then explicit overrides (None means "not given")."""
     values: dict = {}
     if config_file is not None:
-        path = Path(config_file)
-        if not path.exists():
-            raise XferError(f"Config file {path} does not exist.")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise XferError(f"Config file {path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise XferError(f"Config file {path} must be a mapping of option: value.")
-        values.update(loaded)
+        values.update(read_yaml_mapping(config_file))
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(values) - FIELDS)
     if unknown:
@@ -126,12 +151,83 @@ def make_config(config_file: str | Path | None = None, **overrides) -> FitConfig
 
 def parse_duration(value: str | float | int | None) -> float | None:
     """Seconds from 300, "300s", "5m" or "1.5h"."""
-    if value is None or isinstance(value, (int, float)):
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         return None if value is None else float(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
     if not m:
         raise XferError(f"Cannot read the duration {value!r}: give seconds (300), or 90s, 5m, 1.5h.")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+# What each option accepts beyond its type: a test of the value and the words for the error message.
+_positive = (lambda v: v > 0, "greater than 0")
+_at_least_1 = (lambda v: v >= 1, "at least 1")
+_at_least_0 = (lambda v: v >= 0, "at least 0")
+_fraction = (lambda v: 0 <= v < 1, "at least 0 and below 1")
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "shots": _at_least_1, "val_fraction": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
+    "test_fraction": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
+    "image_size": (lambda v: 16 <= v <= 4096, "between 16 and 4096 pixels (a CNN needs at least 16 px)"),
+    "max_length": (lambda v: 4 <= v <= 8192, "between 4 and 8192 tokens"),
+    "epochs": _at_least_1, "lr": _positive, "lp_epochs": _at_least_1, "lp_lr": _positive,
+    "partial_blocks": _at_least_1, "dropout": _fraction, "encoder_dropout": _fraction,
+    "layer_decay": (lambda v: 0 < v <= 1, "above 0 and at most 1"), "unfreeze_factor": (lambda v: v >= 1, "at least 1"),
+    "l2sp_alpha": _at_least_0, "l2sp_beta": _at_least_0, "peft_lr": _positive, "lora_r": _at_least_1,
+    "lora_alpha": _positive, "lora_dropout": _fraction, "batch_size": (lambda v: 1 <= v <= 65536, "between 1 and 65536"),
+    "weight_decay": _at_least_0, "warmup": (lambda v: 0 <= v <= 1, "between 0 and 1"), "label_smoothing": _fraction,
+    "grad_clip": _at_least_0, "patience": _at_least_0, "grad_accum": _at_least_1, "min_steps": _at_least_0,
+    "num_workers": _at_least_0, "time_budget": _positive, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
+}
+CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES}
+
+
+def _kind(annotation) -> tuple[type, bool]:
+    """(base type, None allowed) from a FitConfig field's annotation such as 'int | None'."""
+    text = str(annotation)
+    base = next(t for t in (bool, int, float, str) if t.__name__ in text)
+    return base, "None" in text
+
+
+def check_options(values: dict) -> dict:
+    """Type and range of every option in `values`, all problems reported at once. Returns the values to convert
+    (a whole number given for a float option)."""
+    kinds = {f.name: _kind(f.type) for f in fields(FitConfig)}
+    problems, converted = [], {}
+    for name, value in values.items():
+        if name not in kinds:
+            continue
+        base, optional = kinds[name]
+        flag = f"{name} (--{name.replace('_', '-')})"
+        if value is None:
+            if not optional:
+                problems.append(f"{flag} needs a value")
+            continue
+        if name == "time_budget" and isinstance(value, str):  # 90s, 5m, 1.5h
+            value = converted[name] = parse_duration(value)
+        if base is bool:
+            ok = isinstance(value, bool)
+        elif base is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif base is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if ok and isinstance(value, int):
+                converted[name] = float(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            want = {bool: "true or false", int: "a whole number", float: "a finite number", str: "text"}[base]
+            problems.append(f"{flag} must be {want}, got {value!r} ({type(value).__name__})")
+            continue
+        if name in RULES and not RULES[name][0](value):
+            problems.append(f"{flag} must be {RULES[name][1]}, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            problems.append(f"{flag} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    vf, tf = values.get("val_fraction"), values.get("test_fraction")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (vf, tf)) and vf + tf >= 1:
+        problems.append(f"val_fraction + test_fraction must leave training examples (below 1), got {vf} + {tf}")
+    if problems:
+        raise XferError("Invalid option" + ("s" if len(problems) > 1 else "") + ": " + "; ".join(problems) + ".")
+    return converted
 
 
 HELP = {

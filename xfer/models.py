@@ -61,7 +61,10 @@ def build_text_model(config_dir: Path, num_classes: int, dropout: float = 0.1,
     """
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(str(config_dir))
+    from xfer.sources import refuse_remote_code
+
+    refuse_remote_code(config_dir)
+    config = AutoConfig.from_pretrained(str(config_dir), trust_remote_code=False)
     if encoder_dropout is not None:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, name):

@@ -48,6 +48,7 @@ class LoadedSource:
     state_dict: dict[str, torch.Tensor]
     hf_dir: Path | None = None  # text sources: folder with config + tokenizer
     data_config: dict = field(default_factory=dict)  # image sources: mean/std/size/interpolation
+    digest: str = ""  # sha256 of the weights as loaded: what caches of this source's features are keyed by
 
 
 CATALOGUE: dict[str, SourceSpec] = {
@@ -179,6 +180,60 @@ def _offline_error(spec: SourceSpec, err: Exception) -> XferError:
     )
 
 
+def _is_network_error(err: BaseException) -> bool:
+    """Whether a download failed for want of a network (or of the hub's local cache when offline), looking through
+    the chain of causes: only then is "this machine looks offline" the right message."""
+    import socket
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        names = " ".join(t.__name__ for t in type(err).__mro__)
+        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)) or any(
+                k in names for k in ("ConnectError", "ConnectionError", "Timeout", "LocalEntryNotFound",
+                                     "OfflineModeIsEnabled", "NetworkError", "ProxyError")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _download_error(spec: SourceSpec, err: Exception) -> XferError:
+    if _is_network_error(err):
+        return _offline_error(spec, err)
+    return XferError(f"Could not load source {spec.name!r}: {type(err).__name__}: {str(err)[:300]}")
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """A transformers folder whose config maps classes to Python files in the repository (`auto_map`) would need
+    `trust_remote_code=True`, i.e. running code that came with the weights. xfer never does."""
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise XferError(f"{path} is not valid JSON ({e}).") from e
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise XferError(f"{path} asks for custom model code ({', '.join(map(str, config['auto_map']))[:200]}), "
+                            f"which would run Python shipped with the weights. xfer never runs such code "
+                            f"(trust_remote_code=False); use a model that transformers supports natively.")
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, shapes, dtypes and bytes (sources whose file is not at hand: timm)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _hub_offline() -> bool:
     # read at call time, with huggingface_hub's own reading of the variable ("1", "true", "yes", "on"): the hub
     # library reads it once at import, so a variable set later would otherwise be ignored
@@ -205,10 +260,13 @@ def load_source(spec: SourceSpec) -> LoadedSource:
                 "The file is corrupt or was replaced; reinstall with `make setup`."
             )
         if spec.modality == "text":
-            return LoadedSource(spec, load_checkpoint(weights), hf_dir=path)
-        return LoadedSource(spec, load_checkpoint(weights), data_config=_timm_data_config(spec.arch))
+            return LoadedSource(spec, load_checkpoint(weights), hf_dir=path, digest=digest)
+        return LoadedSource(spec, load_checkpoint(weights), data_config=_timm_data_config(spec.arch), digest=digest)
     if spec.origin == "file":
-        return LoadedSource(spec, load_checkpoint(Path(spec.location)), data_config=_timm_data_config(spec.arch))
+        # Hash the file's bytes before reading them: a checkpoint replaced at the same path is a new source.
+        path = Path(spec.location)
+        digest = sha256_file(path) if path.is_file() else ""
+        return LoadedSource(spec, load_checkpoint(path), data_config=_timm_data_config(spec.arch), digest=digest)
     if spec.origin == "timm":
         import timm
 
@@ -217,8 +275,9 @@ def load_source(spec: SourceSpec) -> LoadedSource:
         try:
             model = timm.create_model(spec.location, pretrained=True)
         except Exception as e:
-            raise _offline_error(spec, e) from e
-        return LoadedSource(spec, model.state_dict(), data_config=dict(model.pretrained_cfg))
+            raise _download_error(spec, e) from e
+        state = model.state_dict()
+        return LoadedSource(spec, state, data_config=dict(model.pretrained_cfg), digest=state_digest(state))
     if spec.origin == "hf":
         from huggingface_hub import snapshot_download
 
@@ -226,14 +285,19 @@ def load_source(spec: SourceSpec) -> LoadedSource:
             folder = Path(snapshot_download(spec.location, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
                                             local_files_only=_hub_offline()))  # offline: the local cache only
         except Exception as e:
-            raise _offline_error(spec, e) from e
+            raise _download_error(spec, e) from e
+        refuse_remote_code(folder)
         files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise XferError(f"{spec.location} has no .safetensors weights; xfer does not load pickled .bin files.")
         state: dict[str, torch.Tensor] = {}
+        digests = []
         for f in files:
+            digests.append(f"{f.name}:{sha256_file(f)}")
             state.update(load_checkpoint(f))
-        return LoadedSource(spec, state, hf_dir=folder)
+        import hashlib
+
+        return LoadedSource(spec, state, hf_dir=folder, digest=hashlib.sha256("|".join(digests).encode()).hexdigest())
     raise AssertionError(spec.origin)
 
 

@@ -221,4 +221,5 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder))
+    # Never code shipped with a model: a tokenizer that needs it is refused, not run.
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xfer.config import PRECISIONS
 from xfer.errors import XferError
 
-PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 
 def cpu_supports_bf16() -> bool:

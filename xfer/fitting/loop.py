@@ -18,12 +18,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from xfer.config import OPTIMIZERS
 from xfer.errors import XferError
 from xfer.fitting.device import accuracy, place, predict_logits, to_device
 from xfer.fitting.hooks import Context, Hook, overriding
 from xfer.fitting.strategies import Phase
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 @dataclass(frozen=True)

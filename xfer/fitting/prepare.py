@@ -46,9 +46,15 @@ def check_modality(spec: SourceSpec, task: Task) -> None:
                         f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}.")
 
 
-def feature_id(spec: SourceSpec, seed: int) -> str:
-    """What identifies a backbone's features in the cache: the verified weights, or the seed of a random one."""
-    return f"{spec.name}:{spec.sha256}" + (f":seed{seed}" if spec.origin == "random" else "")
+def feature_id(source: LoadedSource, seed: int) -> str:
+    """What identifies a backbone's features in the cache: the content hash of its weights, or the seed of a
+    random one. Never a path or a name alone: a checkpoint replaced at the same path gets new features."""
+    spec = source.spec
+    if spec.origin == "random":
+        return f"{spec.name}:seed{seed}"
+    if not source.digest:
+        raise XferError(f"Source {spec.name!r} has no content hash; its features cannot be cached safely.")
+    return f"{spec.name}:{source.digest}"
 
 
 def make_spec(cfg: FitConfig, task: Task, source: LoadedSource) -> tuple[dict, object]:
@@ -89,7 +95,7 @@ class Prepared:
 
     def feature_key(self, splits: list[Split], adapt_bn: bool, tag: str = "") -> str:
         """Cache key of frozen-backbone features of `splits` through this source and preprocessing."""
-        return cache_key(feature_id(self.source.spec, self.cfg.seed) + tag, splits, self.spec["prep"], adapt_bn)
+        return cache_key(feature_id(self.source, self.cfg.seed) + tag, splits, self.spec["prep"], adapt_bn)
 
     def fresh_model(self) -> TransferModel:
         """The same architecture from random initialisation (seeded): the from-scratch baseline."""

@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from xfer.config import BN_POLICIES
 from xfer.errors import XferError
 from xfer.fitting.device import accuracy, predict_logits
 from xfer.fitting.hooks import Context, Hook
@@ -324,7 +325,6 @@ def interpolate(theta0: dict, theta1: dict, a: float) -> dict:
 
 
 DEFAULT_STRATEGY = "lp-ft"
-BN_POLICIES = ("auto", "frozen", "train")
 
 
 def make_plan(name: str, cfg) -> Plan:

@@ -68,13 +68,60 @@ def _jsonable(o):
 
 
 def check_destination(dest: Path, overwrite: bool) -> None:
-    if dest.exists() and not overwrite:
+    """A run may be written at `dest`: nothing is there, or `overwrite` and what is there is an xfer folder (it
+    has SHA256SUMS) or empty. A folder that is not xfer's is never replaced, whatever the flags say."""
+    dest = Path(dest)
+    if not dest.exists():
+        return
+    if not overwrite:
         raise XferError(f"Run folder {dest} already exists. Choose another --out, or pass --overwrite to replace it.")
+    if not dest.is_dir():
+        raise XferError(f"{dest} is a file, not a run folder; xfer will not replace it. Choose another --out.")
+    if not (dest / SUMS).is_file() and any(dest.iterdir()):
+        raise XferError(f"{dest} is not an xfer run (no {SUMS}) and is not empty; --overwrite only replaces xfer's own "
+                        f"folders. Choose another --out, or move that folder away yourself.")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE). False where the system has no such
+    call (other platforms, old kernels, some filesystems), so the caller can fall back."""
+    import ctypes
+    import ctypes.util
+    import errno
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_folder(tmp: Path, dest: Path) -> None:
+    """Put the complete folder `tmp` at `dest`. An existing `dest` is swapped out in one step where the system
+    allows it, so a reader sees the old folder or the new one, never none; the old one is deleted afterwards."""
+    if not dest.exists():
+        os.replace(tmp, dest)
+        return
+    if _exchange(tmp, dest):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old folder
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
 def new_run(dest: Path, overwrite: bool = False):
-    """Yield a temporary folder to fill; on success it is checksummed and renamed to `dest`."""
+    """Yield a temporary folder to fill; on success it is checksummed and put at `dest` (see replace_folder)."""
     dest = Path(dest)
     check_destination(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -82,14 +129,8 @@ def new_run(dest: Path, overwrite: bool = False):
     try:
         yield tmp
         write_checksums(tmp)
-        if dest.exists():
-            check_destination(dest, overwrite)  # it may have appeared while we trained
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        check_destination(dest, overwrite)  # something may have appeared there while we trained
+        replace_folder(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -102,27 +143,48 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
     atomic_write(Path(folder) / WEIGHTS, save(tensors))
 
 
+def _files(folder: Path) -> list[Path]:
+    """Every file a run's checksums cover: all but SHA256SUMS itself and hidden files (temporary writes)."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and p.name != SUMS and not any(part.startswith(".") for part in
+                                                                 p.relative_to(folder).parts))
+
+
 def write_checksums(folder: Path) -> None:
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.name != SUMS and not p.name.startswith("."))
-    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in _files(folder)]
     atomic_write(Path(folder) / SUMS, "\n".join(lines) + "\n")
 
 
 def verify_run(folder: Path) -> None:
-    """Every file listed in SHA256SUMS must exist and match; weights and spec must be listed."""
+    """Every file listed in SHA256SUMS must exist and match; weights and spec must be listed; no unlisted weight
+    file may sit beside them."""
     folder = Path(folder)
     if not folder.is_dir():
         raise XferError(f"Run folder {folder} does not exist. Give the folder that `xfer fit` wrote (runs/<name>).")
     _verify_sums(folder, (WEIGHTS, SPEC))
 
 
-def _verify_sums(folder: Path, required: tuple[str, ...]) -> None:
+# Files that hold weights or code to deserialise: one that SHA256SUMS does not list is refused, never loaded.
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".onnx",
+                   ".msgpack", ".gguf", ".joblib", ".py"}
+
+
+def _verify_sums(folder: Path, required: tuple[str, ...]) -> dict[str, str]:
+    """Check SHA256SUMS both ways and return it as {relative path: digest}. A listed file that is missing or
+    changed is an error; an unlisted file is an error when it could hold weights or code (WEIGHT_SUFFIXES) and a
+    warning otherwise (notes a user added, say, which nothing reads)."""
     sums = folder / SUMS
-    if not sums.exists():
+    if not sums.is_file():
         raise XferError(f"{folder} is not an xfer run (no {SUMS}). Give the folder that `xfer fit` wrote.")
     listed = {}
-    for line in sums.read_text().splitlines():
+    try:
+        text = sums.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise XferError(f"{sums} is not a checksum list; the folder was altered.") from e
+    for line in text.splitlines():
         digest, _, name = line.partition("  ")
+        if not name or len(digest) != 64 or name.startswith("/") or ".." in Path(name).parts:
+            raise XferError(f"{sums} has a malformed line ({line[:80]!r}); the folder was altered.")
         listed[name] = digest
     for name in required:
         if name not in listed:
@@ -131,6 +193,20 @@ def _verify_sums(folder: Path, required: tuple[str, ...]) -> None:
     if bad:
         raise XferError(f"Run folder {folder} was modified after it was written: checksum mismatch or missing file "
                         f"for {', '.join(bad)}. Refusing to load it; re-run `xfer fit` or restore the original files.")
+    unlisted = [p.relative_to(folder).as_posix() for p in _files(folder)
+                if p.relative_to(folder).as_posix() not in listed]
+    dangerous = [n for n in unlisted if Path(n).suffix.lower() in WEIGHT_SUFFIXES]
+    if dangerous:
+        raise XferError(f"{folder} holds files that its {SUMS} does not list: {', '.join(dangerous[:10])}. Weight and "
+                        f"code files are only loaded when checksummed; remove them or restore the original folder.")
+    if unlisted:
+        import warnings
+
+        from xfer.errors import XferWarning
+
+        warnings.warn(f"{folder} holds files its {SUMS} does not list, which xfer ignores: {', '.join(unlisted[:10])}",
+                      XferWarning, stacklevel=3)
+    return listed
 
 
 def save_tensor_folder(folder: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
@@ -149,8 +225,8 @@ def load_tensor_folder(folder: Path) -> tuple[dict[str, dict[str, torch.Tensor]]
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    _verify_sums(folder, ("meta.json",))
-    tensors = {p.stem: load_file(str(p)) for p in folder.glob("*.safetensors")}
+    listed = _verify_sums(folder, ("meta.json",))
+    tensors = {Path(n).stem: load_file(str(folder / n)) for n in listed if n.endswith(".safetensors") and "/" not in n}
     return tensors, read_json(folder, "meta.json")
 
 
