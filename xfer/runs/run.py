@@ -1,0 +1,99 @@
+"""A trained run in memory: the model with its labels and preprocessing, `predict`, `evaluate`, `logits`, and
+`load(path)` to get one back from its verified folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from xfer.data.loaders import ImageBatches, TextBatches, batches, load_tokenizer, prep_from_dict
+from xfer.data.readers import read_labelled
+from xfer.data.task import Split
+from xfer.errors import XferError
+from xfer.fitting.device import make_accelerator, place, predict_logits
+from xfer.fitting.evaluate import classification_metrics
+from xfer.models import TransferModel, build_from_spec
+from xfer.runs.folder import RunFolder
+from xfer.transfer import TransferReport
+
+
+@dataclass
+class Run:
+    """A trained model with its labels and preprocessing: what a run folder holds, in memory."""
+
+    model: TransferModel
+    spec: dict
+    path: Path | None = None
+    metrics: dict = field(default_factory=dict)
+    report: TransferReport | None = None
+    history: list = field(default_factory=list)
+    tokenizer: object = None  # text runs: loaded from the run folder when first needed
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.spec["labels"])
+
+    @property
+    def prep(self):
+        return prep_from_dict(self.spec["prep"])
+
+    def dataset(self, split: Split):
+        """Batches of `split`, preprocessed exactly as in training."""
+        if self.spec["modality"] == "image":
+            return ImageBatches(split, self.prep)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(RunFolder(self.path).backbone)
+        return TextBatches(split, self.tokenizer, self.prep)
+
+    def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
+        acc = make_accelerator(precision, model=self.model)
+        image = self.spec["modality"] == "image"
+        place(self.model, acc, channels_last=image)
+        return predict_logits(self.model, batches(self.dataset(split), batch_size, shuffle=False), acc, image)
+
+    def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
+        """Predict labels for image paths / arrays (image runs) or strings (text runs)."""
+        items = list(inputs)
+        if not items:
+            return []
+        if self.spec["modality"] == "text":
+            empty = [i for i, t in enumerate(items) if not str(t).strip()]
+            if empty:
+                raise XferError(f"Input(s) {empty[:10]} are empty strings; give non-empty text.")
+            items = [str(t) for t in items]
+        else:
+            missing = [str(p) for p in items if not isinstance(p, np.ndarray) and not Path(p).is_file()]
+            if missing:
+                raise XferError(f"Image file(s) not found: {', '.join(missing[:10])}.")
+        probs = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size).softmax(1)
+        top = probs.argmax(1)
+        return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": self.labels[int(k)],
+                 "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+
+    def evaluate(self, data: str, **columns) -> dict:
+        """Metrics on a labelled file or folder (all of it is treated as test data)."""
+        items, raw = read_labelled(data, **columns)
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        unknown = sorted(set(raw) - set(index))
+        if unknown:
+            raise XferError(f"{data} has labels the model does not know: {unknown[:10]}. Known: {list(self.labels)}.")
+        y = np.array([index[v] for v in raw], dtype=np.int64)
+        logits = self.logits(Split(items, y))
+        return classification_metrics(y, logits.argmax(1).numpy(), self.labels)
+
+
+def load(path: str | Path) -> Run:
+    """Load a run folder after verifying its checksums; weights come only from safetensors."""
+    folder = RunFolder(Path(path)).verify()
+    spec = folder.spec()
+    model = build_from_spec(spec, folder.backbone)
+    try:
+        model.load_state_dict(folder.weights(), strict=True)
+    except RuntimeError as e:
+        raise XferError(f"Weights in {folder.path} do not fit the architecture in its spec: {str(e)[:300]}") from e
+    model.eval()
+    return Run(model, spec, folder.path, folder.metrics(), history=folder.history())
