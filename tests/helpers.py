@@ -1,5 +1,8 @@
 """Helpers shared by test modules (imported as `helpers`: pytest puts tests/ on the path)."""
 
+import sys
+
+import pytest
 import torch
 
 from xfer.config import FitConfig
@@ -35,3 +38,14 @@ def train_one_phase(model, phase, loaders=None, on_epoch=None, state=None, scale
                    phase.lr_scales(model) if phase.lr_scales and scales else None, tuple(hooks))
     acc = make_accelerator("no")
     return train_phase(run, cfg, acc, Context(model, acc, val, cfg.channels_last, lambda s: None), state, on_epoch)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`main()` in this process, as the console script calls it: returns (exit status, stdout, stderr)."""
+    from xfer.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["xfer", *args])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err

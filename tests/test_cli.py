@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import run_main
 
 from xfer.runs import folder as runs
-from xfer.cli import cli, main
+from xfer.cli import cli
 from xfer.sources import CATALOGUE
 
 XFER = Path(sys.executable).parent / "xfer"
@@ -25,15 +26,6 @@ def run_xfer(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         pytest.skip(f"console script {XFER} is not installed")
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_COLOR="1")
     return subprocess.run([str(XFER), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`main()` in this process, as the console script calls it: returns (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["xfer", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def small_csv(folder: Path) -> Path:

@@ -12,22 +12,14 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from helpers import run_main
 
 import xfer
-from xfer.cli import main
 from xfer.config import FIELDS, FitConfig, make_config
 from xfer.errors import XferError, XferWarning
 from xfer.runs import folder as runs
 
 FAST = dict(source="mobilenet_v2", image_size=32, batch_size=8, quiet=True, min_steps=0, epochs=1, lp_epochs=1)
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["xfer", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 # ------------------------------------------------------------------------------------------------ config files
