@@ -448,3 +448,240 @@ def test_default_fractions_give_70_10_20(tmp_path):
     path.write_text("text,label\n" + "\n".join(rows) + "\n")
     task = load_task(str(path))
     assert (len(task.train), len(task.val), len(task.test)) == (140, 20, 40)
+
+
+# ------------------------------------------------------------------------- image folders as explicit val/test
+
+
+def test_image_folders_as_explicit_val_and_test_splits(tmp_path):
+    for c in ("a", "b"):
+        make_images(tmp_path / "train" / c, 10)
+    val = {c: make_images(tmp_path / "checks" / c, 2, start=50) for c in ("a", "b")}
+    test = {c: make_images(tmp_path / "holdout" / c, 3, start=100) for c in ("a", "b")}
+    task = load_task(str(tmp_path / "train"), val=str(tmp_path / "checks"), test=str(tmp_path / "holdout"))
+    assert task.modality == "image" and task.labels == ("a", "b")
+    assert len(task.train) == 20  # nothing held out of the training folder
+    assert task.val.items == val["a"] + val["b"]
+    assert labels_of(task, "val") == ["a"] * 2 + ["b"] * 2
+    assert task.test.items == test["a"] + test["b"]
+    assert labels_of(task, "test") == ["a"] * 3 + ["b"] * 3
+
+    only_test = load_task(str(tmp_path / "train"), test=str(tmp_path / "holdout"))
+    assert only_test.test.items == test["a"] + test["b"]
+    assert len(only_test.train) + len(only_test.val) == 20
+
+
+def test_explicit_test_folder_may_lack_a_class(tmp_path):
+    for c in ("a", "b", "c"):
+        make_images(tmp_path / "train" / c, 10)
+    make_images(tmp_path / "holdout" / "b", 2, start=100)
+    task = load_task(str(tmp_path / "train"), test=str(tmp_path / "holdout"))
+    assert task.labels == ("a", "b", "c")
+    assert labels_of(task, "test") == ["b", "b"]
+
+
+def test_explicit_test_folder_with_unknown_classes(tmp_path):
+    for c in ("a", "b"):
+        make_images(tmp_path / "train" / c, 10)
+    for c in ("a", "zebra", "yak"):
+        make_images(tmp_path / "holdout" / c, 2, start=100)
+    with pytest.raises(XferError, match=r"not seen in training: \['yak', 'zebra'\]") as e:
+        load_task(str(tmp_path / "train"), test=str(tmp_path / "holdout"))
+    assert "holdout" in str(e.value)  # says which split is at fault
+
+
+def test_image_folder_test_split_for_text_data(tmp_path):
+    f = write_rows(tmp_path / "d.csv", ["text", "label"], text_rows(20))
+    for c in ("pos", "neg"):
+        make_images(tmp_path / "holdout" / c, 2)
+    with pytest.raises(XferError, match="folder.*text") as e:
+        load_task(str(f), val=str(tmp_path / "holdout"))
+    assert "holdout" in str(e.value) and ".csv" in str(e.value)  # says what to give instead
+
+
+def test_text_table_val_split_for_image_folder_says_what_to_give(tmp_path):
+    for c in ("a", "b"):
+        make_images(tmp_path / "imgs" / c, 10)
+    v = write_rows(tmp_path / "val.csv", ["text", "label"], [["x", "a"], ["y", "b"]])
+    with pytest.raises(XferError, match="text data.*image data") as e:
+        load_task(str(tmp_path / "imgs"), val=str(v))
+    assert "val.csv" in str(e.value) and "folder" in str(e.value)
+
+
+def test_image_table_test_split_for_image_folder_still_works(tmp_path):
+    for c in ("a", "b"):
+        make_images(tmp_path / "imgs" / c, 10)
+    paths = make_images(tmp_path / "extra", 2, start=100)
+    t = write_rows(tmp_path / "extra" / "test.csv", ["image", "label"], [[p.name, lab] for p, lab in zip(paths, "ab")])
+    task = load_task(str(tmp_path / "imgs"), test=str(t))  # a table of image paths is image data too
+    assert task.test.items == [p.resolve() for p in paths]
+    assert labels_of(task, "test") == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------------------ long fields
+
+
+@pytest.mark.parametrize("name, delimiter", [("d.csv", ","), ("d.tsv", "\t")])
+def test_field_longer_than_the_csv_default_limit_comes_back_whole(tmp_path, name, delimiter):
+    long_text = ("a long document, " * 20_000)[:300_000]
+    assert len(long_text) == 300_000
+    rows = [[long_text, "pos"]] + text_rows(19)
+    f = write_rows(tmp_path / name, ["text", "label"], rows, delimiter=delimiter)
+    task = load_task(str(f))
+    everything = task.train.items + task.val.items + task.test.items
+    assert long_text in everything
+    assert len(everything) == 20
+    # a later csv user still gets the csv module's own limit
+    assert csv.field_size_limit() == 131_072
+
+
+# ------------------------------------------------------------------------ found by tests/test_readers_properties
+
+
+def test_too_few_rows_to_split_is_an_xfer_error(tmp_path):
+    f = write_rows(tmp_path / "d.csv", ["text", "label"], [["one", "a"], ["two", "b"]])
+    with pytest.raises(XferError, match="Too few examples|too few examples"):  # was sklearn's ValueError
+        load_task(str(f))
+
+
+def test_a_class_left_without_training_examples_is_named(tmp_path):
+    f = write_rows(tmp_path / "d.csv", ["text", "label"], [[f"t{i}", "a"] for i in range(30)] + [["lonely", "b"]])
+    for seed in range(6):  # whichever split the single "b" lands in, it is never silently missing from training
+        try:
+            task = load_task(str(f), seed=seed)
+        except XferError as e:
+            assert "'b' (1)" in str(e) and "too few examples" in str(e)
+        else:
+            assert "b" in labels_of(task, "train")
+
+
+@pytest.mark.parametrize("labels, order", [(["²", "1", "--5"], ("1", "--5", "²")),
+                                           (["-1", "10", "2"], ("-1", "2", "10"))])
+def test_labels_that_look_like_numbers_sort_without_error(tmp_path, labels, order):
+    rows = [[f"t{i}", labels[i % 3]] for i in range(30)]  # int("²") and int("--5") raised ValueError
+    task = load_task(str(write_rows(tmp_path / "d.csv", ["text", "label"], rows)))
+    assert task.labels == order
+
+
+def test_utf16_with_byte_order_mark_is_read(tmp_path):
+    f = tmp_path / "d.tsv"
+    f.write_text("sentence\tlabel\n" + "".join(f"café {i}\t{'ab'[i % 2]}\n" for i in range(20)), encoding="utf-16")
+    task = load_task(str(f))
+    assert sorted(task.train.items + task.val.items + task.test.items) == sorted(f"café {i}" for i in range(20))
+
+
+def test_utf16_without_byte_order_mark_says_so(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_bytes("text,label\nx,a\n".encode("utf-16-le"))
+    with pytest.raises(XferError, match="NUL character.*UTF-16"):
+        load_task(str(f))
+
+
+def test_old_mac_line_endings_and_crlf_in_quoted_fields(tmp_path):
+    f = tmp_path / "d.csv"
+    rows = "".join(f'"two\r\nlines {i}",{"ab"[i % 2]}\r' for i in range(20))
+    f.write_bytes(("text,label\r" + rows).encode())  # lone \r ends lines: was _csv.Error (new-line character seen)
+    task = load_task(str(f))
+    assert sorted(task.train.items + task.val.items + task.test.items) == sorted(f"two\r\nlines {i}" for i in range(20))
+
+
+def test_duplicate_or_look_alike_columns_are_an_error_not_a_silent_choice(tmp_path):
+    f = write_rows(tmp_path / "d.csv", ["text", "text", "label"], [["first", "second", "ab"[i % 2]] for i in range(20)])
+    with pytest.raises(XferError, match="2 columns that could be the text column"):
+        load_task(str(f))  # DictReader kept the second "text" column and dropped the first
+    with pytest.raises(XferError, match="2 columns that could be the text column"):
+        load_task(str(f), text_column="text")
+    g = write_rows(tmp_path / "g.csv", ["text", "Label", "label "], [["t", "a", "b"]] * 20)
+    with pytest.raises(XferError, match=r"2 columns that could be the label column \(Label, 'label '\)"):
+        load_task(str(g))
+
+
+def test_column_names_with_blanks_or_other_case_are_found(tmp_path):
+    f = write_rows(tmp_path / "d.csv", [" Text", "LABEL "], text_rows(20))
+    task = load_task(str(f))
+    assert task.labels == ("neg", "pos")
+    assert load_task(str(f), text_column="text", label_column="label").labels == ("neg", "pos")
+
+
+def test_rows_with_extra_cells_are_an_error_but_trailing_empty_cells_are_fine(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text("text,label\n" + "".join(f"text {i},{'ab'[i % 2]},,\n" for i in range(20)), encoding="utf-8")
+    assert len(load_task(str(f)).labels) == 2
+    f.write_text("text,label\nhello, world,a\nbye,b\n", encoding="utf-8")  # an unquoted comma shifts the label
+    with pytest.raises(XferError, match="line 2 has 3 cells but the header has 2 columns"):
+        load_task(str(f))
+
+
+def test_same_column_for_text_and_label(tmp_path):
+    f = write_rows(tmp_path / "d.csv", ["text", "label"], text_rows(20))
+    with pytest.raises(XferError, match="both the label and the text column"):
+        load_task(str(f), text_column="label")
+
+
+def test_jsonl_edge_cases(tmp_path):
+    f = tmp_path / "d.jsonl"
+    lines = [json.dumps({"text": f"a\u2028b {i}", "label": i % 2}, ensure_ascii=False) for i in range(20)]
+    f.write_text("\n".join(lines), encoding="utf-8")  # U+2028 inside a string is not a line break
+    task = load_task(str(f))
+    assert sorted(task.train.items + task.val.items + task.test.items) == sorted(f"a\u2028b {i}" for i in range(20))
+    for bad, match in [('{"text": "a", "label": "x", "label": "y"}', "more than once"),
+                       ('{"text": "a", "label": ["x", "y"]}', "JSON list, not a single value"),
+                       ('{"text": "a", "label": ' + "9" * 5000 + "}", "line 1 cannot be read as JSON"),
+                       ("[" * 100_000, "line 1")]:
+        f.write_text(bad + "\n", encoding="utf-8")
+        with pytest.raises(XferError, match=match):
+            load_task(str(f))
+
+
+def test_image_folder_skips_hidden_files_and_folders_named_like_images(tmp_path):
+    for c in ("a", "b"):
+        make_images(tmp_path / c, 10)
+        corrupt(tmp_path / c, "._img000.png")  # macOS resource forks: garbage with an image extension
+        (tmp_path / c / "album.jpg").mkdir()
+    (tmp_path / "empty").mkdir()
+    task = load_task(str(tmp_path))
+    assert task.labels == ("a", "b")
+    assert len(task.train) + len(task.val) + len(task.test) == 20
+    assert task.notes == (f"left out 1 class folder(s) without images in {tmp_path}: empty",)
+
+
+def test_image_table_with_unusable_paths(tmp_path):
+    paths = make_images(tmp_path / "pics", 40)
+    rows = [{"image": p.relative_to(tmp_path).as_posix(), "label": "ab"[i % 2]} for i, p in enumerate(paths)]
+    rows[0]["image"] = "bad\x00name.png"  # JSON writes it as \u0000
+    rows[1]["image"] = "x" * 5000 + ".png"
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    task = load_task(str(f))  # was ValueError: embedded null byte
+    assert len(task.train) + len(task.val) + len(task.test) == 38
+    assert "skipped 2 missing image(s)" in task.notes[0] and "line 2" in task.notes[0]
+
+
+@pytest.mark.parametrize("options, match", [(dict(test_fraction=0), "--test-fraction"),
+                                            (dict(val_fraction=1.5), "--val-fraction"),
+                                            (dict(val_fraction=0.5, test_fraction=0.5), "--val-fraction"),
+                                            (dict(seed=-1), "--seed"), (dict(seed=2**32), "--seed")])
+def test_bad_split_options(tmp_path, options, match):
+    f = write_rows(tmp_path / "d.csv", ["text", "label"], text_rows(20))
+    with pytest.raises(XferError, match=match):
+        load_task(str(f), **options)
+    assert len(load_task(str(f), seed=2**32 - 1).train) == 14  # the largest seed: was sklearn's ValueError
+
+
+def test_read_lines(tmp_path):
+    from xfer.data.readers import read_lines
+
+    f = tmp_path / "in.txt"
+    f.write_text("first\u2028still first\r\nsecond\x0cpage\r\n\n  \nthird", encoding="utf-8")
+    assert read_lines(f) == ["first\u2028still first", "second\x0cpage", "third"]
+    with pytest.raises(XferError, match="Cannot read"):
+        read_lines(tmp_path)  # a folder: was IsADirectoryError
+
+
+def test_a_column_with_a_blank_name_can_be_named(tmp_path):
+    paths = make_images(tmp_path / "pics", 20)
+    rows = [[p.relative_to(tmp_path).as_posix(), "ab"[i % 2]] for i, p in enumerate(paths)]
+    f = write_rows(tmp_path / "d.csv", ["", "label"], rows)
+    task = load_task(str(f), image_column="")  # "" was taken for "no image column"
+    assert task.modality == "image"
+    assert sorted(task.train.items + task.val.items + task.test.items) == sorted(p.resolve() for p in paths)
