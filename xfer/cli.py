@@ -413,6 +413,33 @@ def predict(run_dir, inputs, input_file, as_json):
 
 
 @cli.command()
+@click.option("--data", required=True, help="text data: a .csv/.tsv/.jsonl table or builtin:rotten_tomatoes|reuters_r8")
+@click.option("--out", required=True, type=click.Path(), help="folder for render.png")
+@click.option("-n", "count", default=16, show_default=True, help="how many training examples to show")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--render-size", type=int, default=None, help=HELP["render_size"])
+@click.option("--render-font-size", type=int, default=None, help=HELP["render_font_size"])
+@click.option("--render-max-chars", type=int, default=None, help=HELP["render_max_chars"])
+@click.option("--render-mode", default=None, help=HELP["render_mode"])
+@click.option("--seed", type=int, default=None, help="which examples are picked")
+def render(data, out, count, **options):
+    """Write a grid of texts rendered as images, with their labels: what an image source sees of text data."""
+    from pathlib import Path
+
+    from xfer.config import make_config
+    from xfer.data.render import grid
+    from xfer.fitting.prepare import load_fit_task, render_spec
+
+    cfg = make_config(None, data=data, **options)
+    task = load_fit_task(cfg)
+    if task.modality != "text":
+        raise XferError(f"{data} is {task.modality} data; `xfer render` shows how text is rendered as images.")
+    path = grid(task.train, task.labels, render_spec(cfg), Path(out) / "render.png", n=count, seed=cfg.seed)
+    click.echo(f"written: {path}")
+
+
+@cli.command()
 @click.option("--out", default=None, help="folder for the demo's two runs (default: runs/demo-<time>)")
 @click.option("--quiet", is_flag=True)
 def demo(out, quiet):

@@ -40,6 +40,11 @@ class FitConfig:
     test_fraction: float = 0.2
     image_size: int | None = None  # None: ~2x a small image's side (MNIST: 64), else the source's own size
     max_length: int = 128  # text: tokens per example (batches are padded to their longest)
+    text_as_image: bool | None = None  # render texts as images for an image source (None: whenever one meets text)
+    render_size: int = 128  # text as image: canvas side in pixels
+    render_font_size: int = 11  # text as image: font size in pixels
+    render_max_chars: int = 400  # text as image: characters kept per text
+    render_mode: str = "L"  # text as image: L (grey, 1 channel) or RGB
     # source and transfer
     source: str | None = None  # None: the best offline source for the data's modality
     arch: str | None = None  # timm architecture for file: sources
@@ -169,6 +174,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test_fraction": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
     "image_size": (lambda v: 16 <= v <= 4096, "between 16 and 4096 pixels (a CNN needs at least 16 px)"),
     "max_length": (lambda v: 4 <= v <= 8192, "between 4 and 8192 tokens"),
+    "render_size": (lambda v: 16 <= v <= 1024, "between 16 and 1024 pixels"),
+    "render_font_size": (lambda v: 4 <= v <= 256, "between 4 and 256 pixels"),
+    "render_max_chars": _at_least_1,
     "epochs": _at_least_1, "lr": _positive, "lp_epochs": _at_least_1, "lp_lr": _positive,
     "partial_blocks": _at_least_1, "dropout": _fraction, "encoder_dropout": _fraction,
     "layer_decay": (lambda v: 0 < v <= 1, "above 0 and at most 1"), "unfreeze_factor": (lambda v: v >= 1, "at least 1"),
@@ -178,7 +186,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grad_clip": _at_least_0, "patience": _at_least_0, "grad_accum": _at_least_1, "min_steps": _at_least_0,
     "num_workers": _at_least_0, "time_budget": _positive, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
 }
-CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES}
+CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES, "render_mode": ("L", "RGB")}
 
 
 def _kind(annotation) -> tuple[type, bool]:
@@ -242,6 +250,12 @@ HELP = {
     "test_fraction": "test share of a seeded stratified split, when no test data is given",
     "image_size": "input side in pixels (default: ~2x small images' side, at least 64, rounded up to a multiple of 32; else the source's size)",
     "max_length": "text: maximum tokens per example",
+    "text_as_image": "render texts as images so an image source can classify them (default: whenever an image "
+                     "source meets text data); --no-text-as-image makes that an error instead",
+    "render_size": "text as image: canvas side in pixels (also the default --image-size)",
+    "render_font_size": "text as image: font size in pixels (DejaVu Sans)",
+    "render_max_chars": "text as image: characters kept per text; the rest is cut (and counted)",
+    "render_mode": "text as image: L (grey, one channel) or RGB",
     "source": "source to transfer from (see `xfer sources`); default: best offline source for the modality",
     "arch": "timm architecture for a file: source",
     "allow_partial_transfer": "accept a transfer that fills less than half of the backbone",

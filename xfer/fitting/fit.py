@@ -21,7 +21,7 @@ from xfer.errors import XferError
 from xfer.fitting.device import make_accelerator, predict_logits, seed_everything
 from xfer.fitting.evaluate import classification_metrics, transfer_gain
 from xfer.fitting.hooks import Hook
-from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare
+from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare, resolve_config
 from xfer.fitting.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
 from xfer.fitting.strategies import make_plan
 from xfer.models import lora_options
@@ -50,11 +50,11 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
 
     task = task if task is not None else load_fit_task(cfg)
-    cfg = cfg.resolved(task.modality)
+    source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)
+    cfg = resolve_config(cfg, source_spec, task)
     log(task.describe())
     for note in task.notes:
         log(f"[yellow]note:[/] {note}")
-    source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)
     out = ckpt = resume = None
     if save:
         out = Path(cfg.out) if cfg.out else _default_out(cfg, source_spec.name, task)
@@ -62,8 +62,9 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         ckpt, resume = _checkpoint(cfg, out)
     splits = ("train", "val", "test") if evaluate_test else ("train", "val")
     prep = prepare(cfg, task=task, source=loaded_source or source_spec, splits=splits, log=log)
-    model, data = prep.model, prep.datasets
-
+    for note in prep.task.notes[len(task.notes):]:  # what rendering text as images lost, if it did
+        log(f"[yellow]note:[/] {note}")
+    model, data, task = prep.model, prep.datasets, prep.task  # task: rendered for text-as-image
     plan = make_plan(cfg.strategy, cfg)
     if resume is not None:
         log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"

@@ -5,7 +5,7 @@ here, so what they train or score is built one way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from torch.utils.data import Dataset
@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from xfer.config import FitConfig
 from xfer.data import load_task
 from xfer.data.loaders import ImageBatches, TextBatches, TextPrep, image_prep, load_tokenizer, prep_from_dict
+from xfer.data.render import RenderSpec, render_split, render_task
 from xfer.data.task import Split, Task, few_shot
 from xfer.errors import XferError
 from xfer.fitting.device import seed_everything
@@ -36,14 +37,39 @@ def load_fit_task(cfg: FitConfig) -> Task:
 def fit_source(cfg: FitConfig, task: Task) -> SourceSpec:
     """The source these options name (the modality's default when none), checked against the task's modality."""
     spec = resolve_source(cfg.source or DEFAULT_SOURCE[task.modality], cfg.arch)
-    check_modality(spec, task)
+    input_modality(cfg, spec, task)
     return spec
 
 
-def check_modality(spec: SourceSpec, task: Task) -> None:
+def input_modality(cfg: FitConfig, spec: SourceSpec, task: Task) -> str:
+    """The modality the model sees: the task's own, or "image" when an image source meets text data and the texts
+    are rendered as images (`text_as_image`, on by default for that case). Any other mismatch is an error."""
+    if task.modality == "text" and spec.modality == "image" and cfg.text_as_image is not False:
+        return "image"
+    if cfg.text_as_image and not (task.modality == "text" and spec.modality == "image"):
+        raise XferError(f"--text-as-image renders text for an image source; here the source {spec.name!r} is "
+                        f"{spec.modality} and {task.name!r} is {task.modality} data. Drop the flag, or use an image "
+                        f"source such as mobilenet_v2.")
     if spec.modality != task.modality:
+        hint = (" or let xfer render the texts as images (drop --no-text-as-image)" if task.modality == "text"
+                else "")
         raise XferError(f"Source {spec.name!r} is a {spec.modality} model but {task.name!r} is {task.modality} "
-                        f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}.")
+                        f"data. Use a {task.modality} source, e.g. {DEFAULT_SOURCE[task.modality]}{hint}.")
+    return task.modality
+
+
+def resolve_config(cfg: FitConfig, spec: SourceSpec, task: Task) -> FitConfig:
+    """The options with the defaults of the modality the model sees filled in; rendered text defaults to its canvas
+    size as the image size."""
+    modality = input_modality(cfg, spec, task)
+    cfg = cfg.resolved(modality)
+    if modality != task.modality and cfg.image_size is None:
+        cfg = replace(cfg, image_size=cfg.render_size)
+    return cfg
+
+
+def render_spec(cfg: FitConfig) -> RenderSpec:
+    return RenderSpec(cfg.render_size, cfg.render_font_size, cfg.render_max_chars, cfg.render_mode).check().with_font()
 
 
 def feature_id(source: LoadedSource, seed: int) -> str:
@@ -62,6 +88,8 @@ def make_spec(cfg: FitConfig, task: Task, source: LoadedSource) -> tuple[dict, o
     tokenizer = None
     if task.modality == "image":
         prep = image_prep(source.data_config, task.channels, task.train.items, cfg.image_size).to_dict()
+    elif source.spec.modality == "image":
+        raise XferError("Text for an image source must be rendered first (see prepare).")
     else:
         tokenizer = load_tokenizer(source.hf_dir)
         prep = TextPrep(cfg.max_length).to_dict()
@@ -87,8 +115,10 @@ class Prepared:
     datasets: dict[str, Dataset] = field(default_factory=dict)  # the requested splits, preprocessed
 
     def dataset(self, split: Split) -> Dataset:
-        """Batches of any split, preprocessed as the run's own."""
+        """Batches of any split, preprocessed as the run's own (texts rendered first for a text-as-image run)."""
         prep = prep_from_dict(self.spec["prep"])
+        if self.spec.get("render") and len(split) and isinstance(split.items[0], str):
+            split, _ = render_split(split, RenderSpec.from_dict(self.spec["render"]))
         if self.task.modality == "image":
             return ImageBatches(split, prep)
         return TextBatches(split, self.tokenizer, prep)
@@ -109,14 +139,22 @@ def prepare(cfg: FitConfig, *, task: Task | None = None, source: SourceSpec | Lo
     parameters, and preprocess the requested `splits`. A search passes the task and source it loaded once."""
     log = log or (lambda msg: None)
     task = task if task is not None else load_fit_task(cfg)
-    cfg = cfg.resolved(task.modality)
     if source is None:
         source = fit_source(cfg, task)
     spec_src = source.spec if isinstance(source, LoadedSource) else source
-    check_modality(spec_src, task)
+    cfg = resolve_config(cfg, spec_src, task)
     loaded = source if isinstance(source, LoadedSource) else load_source(source)
     log(f"source: {spec_src.name} ({spec_src.description})")
+    rendering = None
+    if spec_src.modality != task.modality:  # the article's case: an ImageNet CNN reads text, rendered as images
+        rendering = render_spec(cfg)
+        log(f"[yellow]note:[/] {spec_src.name} is an image source and {task.name} is text: each text is rendered as "
+            f"a {rendering.size}x{rendering.size} image and the vision pipeline is used (--no-text-as-image to "
+            f"refuse instead)")
+        task = render_task(task, rendering)
     spec, tokenizer = make_spec(cfg, task, loaded)
+    if rendering is not None:
+        spec["render"] = rendering.to_dict()
     seed_everything(cfg.seed)
     model = build_from_spec(spec, loaded.hf_dir)
     # A random: source is a control: nothing to transfer, every tensor keeps its fresh initialisation.

@@ -237,7 +237,7 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
     import optuna
 
     from xfer.fitting.fit import fit
-    from xfer.fitting.prepare import fit_source, load_fit_task
+    from xfer.fitting.prepare import fit_source, input_modality, load_fit_task
     from xfer.sources import load_source
 
     if sampler not in SAMPLERS or pruner not in PRUNERS:
@@ -260,9 +260,11 @@ def search(cfg: FitConfig, *, study_name: str, out: Path, storage_url: str | Non
     # frozen-backbone features, keyed by preprocessing.
     task = load_fit_task(cfg)
     source = load_source(fit_source(cfg.resolved(task.modality), task))
-    full_space = load_space(task.modality, settings["space"])
+    modality = input_modality(cfg, source.spec, task)  # "image" for text rendered for an image source
+    full_space = load_space(modality, settings["space"])
     if full_space.get("image_size") == "auto":
-        full_space["image_size"] = _image_sizes(task, source) if task.modality == "image" else None
+        full_space["image_size"] = (None if modality == "text" else [cfg.render_size] if task.modality == "text"
+                                    else _image_sizes(task, source))
     if full_space.get("image_size") is None:
         full_space.pop("image_size", None)
     if settings["sampler"] == "grid":
