@@ -143,3 +143,20 @@ def test_search_and_compare_work_on_text_rendered_for_an_image_source(tmp_path):
     assert best.spec["render"]["size"] == 64 and best.predict(["a joy"])[0]["label"] in ("pos", "neg")
     out = compare(cfg, ["linear-probe"], [0], tmp_path / "compare", log=lambda m: None)
     assert out["strategies"][0]["status"] == "ok"
+
+
+def test_text_for_an_image_source_gets_its_own_defaults(tmp_path):
+    from xfer.fitting.prepare import resolve_config
+    from xfer.sources import resolve_source
+
+    from xfer.fitting.prepare import load_fit_task
+
+    data = make_texts(tmp_path / "r.csv")
+    text_task = load_fit_task(xfer.FitConfig(data=str(data)))
+    image = resolve_source("mobilenet_v2")
+    cfg = resolve_config(xfer.FitConfig(data=str(data)), image, text_task)
+    assert (cfg.strategy, cfg.epochs, cfg.image_size, cfg.lr) == ("full", 2, 128, 1e-3)
+    mine = resolve_config(xfer.FitConfig(data=str(data), strategy="lp-ft", epochs=3, image_size=96), image, text_task)
+    assert (mine.strategy, mine.epochs, mine.image_size) == ("lp-ft", 3, 96)
+    text = resolve_config(xfer.FitConfig(data=str(data)), resolve_source("all-MiniLM-L6-v2"), text_task)
+    assert (text.strategy, text.epochs, text.image_size) == ("lp-ft", 2, None)

@@ -47,7 +47,8 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     seed_everything(cfg.seed)
     if cfg.out and save:
         check_destination(Path(cfg.out), cfg.overwrite)
-    make_plan(cfg.strategy, cfg.resolved("image"))  # fail fast on an unknown strategy before loading anything
+    early = cfg.resolved("image")
+    make_plan(early.strategy, early)  # fail fast on an unknown strategy before loading anything
 
     task = task if task is not None else load_fit_task(cfg)
     source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)

@@ -62,10 +62,10 @@ def resolve_config(cfg: FitConfig, spec: SourceSpec, task: Task) -> FitConfig:
     """The options with the defaults of the modality the model sees filled in; rendered text defaults to its canvas
     size as the image size."""
     modality = input_modality(cfg, spec, task)
-    cfg = cfg.resolved(modality)
-    if modality != task.modality and cfg.image_size is None:
-        cfg = replace(cfg, image_size=cfg.render_size)
-    return cfg
+    if modality == task.modality:
+        return cfg.resolved(modality)
+    cfg = cfg.resolved("text-as-image")
+    return cfg if cfg.image_size is not None else replace(cfg, image_size=cfg.render_size)
 
 
 def render_spec(cfg: FitConfig) -> RenderSpec:

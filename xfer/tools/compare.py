@@ -32,7 +32,8 @@ def _same_config(run_dir: Path, cfg: FitConfig) -> bool:
     """True when `run_dir` is a finished run made with these options (defaults resolved as that run did)."""
     try:
         folder = RunFolder(run_dir).verify()
-        saved, modality = folder.config(), folder.spec()["modality"]
+        spec = folder.spec()
+        saved, modality = folder.config(), "text-as-image" if spec.get("render") else spec["modality"]
     except (OSError, XferError, KeyError):
         return False
     wanted = cfg.resolved(modality).to_dict()

@@ -105,7 +105,8 @@ def rank_sources(cfg: FitConfig, sources: list[str] | None = None, *, max_sample
     if sources is not None and not sources:
         raise XferError("No sources given: pass --sources a,b,c (see `xfer sources`).")
     task = load_fit_task(cfg)  # few-shot applied: scores and --validate see the same training data
-    cfg = cfg.resolved(task.modality)
+    # Options stay unresolved here: each source fills its own defaults (text rendered for an image source gets
+    # the image pipeline's).
     if sources is None:  # every offline source of the data's modality
         from xfer.sources import CATALOGUE
 
@@ -144,7 +145,7 @@ def _validate(cfg: FitConfig, top: list[dict], out: Path | None, log) -> dict:
 
     for r in top:
         run_dir = (Path(out) if out else Path("runs")) / f"validate-{r['source'].replace(':', '_').replace('/', '_')}"
-        log(f"validate: fine-tuning {r['source']} ({cfg.strategy}) -> {run_dir}")
+        log(f"validate: fine-tuning {r['source']} ({cfg.strategy or 'default strategy'}) -> {run_dir}")
         try:
             run = fit(replace(cfg, source=r["source"], out=str(run_dir), quiet=True))
             r["fine_tuned"] = {"test_accuracy": run.metrics["test"]["accuracy"],
@@ -159,4 +160,4 @@ def _validate(cfg: FitConfig, top: list[dict], out: Path | None, log) -> dict:
     taus = {name: kendall_tau([r["scores"][name] for r in done if name in r["scores"]], accs)
             for name in ESTIMATORS if all(name in r["scores"] for r in done)}
     return {"sources": [r["source"] for r in done], "test_accuracy": accs, "kendall_tau": taus,
-            "strategy": cfg.strategy}
+            "strategy": cfg.strategy or "default"}
