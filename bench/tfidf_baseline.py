@@ -27,7 +27,7 @@ def main() -> None:
 
     task = load_fit_task(FitConfig(data=args.data, seed=args.seed))
     if args.smoke:
-        task = few_shot(task, 10, args.seed)
+        task = few_shot(task, 4, args.seed)
     start = time.perf_counter()
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if not args.smoke else 1, sublinear_tf=True)
     x_train = vec.fit_transform(task.train.items)
