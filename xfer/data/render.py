@@ -35,6 +35,12 @@ def font_path() -> Path:
     return path
 
 
+@lru_cache(maxsize=1)
+def font_sha256() -> str:
+    """The font file's hash, computed once per process (it is checked on every prediction of a rendered run)."""
+    return sha256_file(font_path())
+
+
 @dataclass(frozen=True)
 class RenderSpec:
     """How a text becomes an image: a `size` x `size` canvas, black text on white, `font_size` pixels, at most
@@ -59,7 +65,7 @@ class RenderSpec:
         return 1 if self.mode == "L" else 3
 
     def with_font(self) -> "RenderSpec":
-        return replace(self, font_sha256=sha256_file(font_path()))
+        return replace(self, font_sha256=font_sha256())
 
     def check(self) -> "RenderSpec":
         problems = []
@@ -177,6 +183,22 @@ def render_split(split: Split, spec: RenderSpec) -> tuple[Split, dict]:
     return Split(images, split.labels), lost
 
 
+def render_inputs(split: Split, recipe: dict | None) -> Split:
+    """A split as a run with this recipe (`spec["render"]`, None for none) reads it: texts rendered, anything else
+    as it is. A font file other than the one the run was trained with is worth a warning (pixels may differ)."""
+    if not recipe or not len(split) or not isinstance(split.items[0], str):
+        return split
+    spec = RenderSpec.from_dict(recipe)
+    if spec.font_sha256 and spec.font_sha256 != font_sha256():
+        import warnings
+
+        from xfer.errors import XferWarning
+
+        warnings.warn(f"The font used to render text differs from the one this run was trained with "
+                      f"(sha256 {spec.font_sha256[:12]}...); predictions may shift slightly.", XferWarning)
+    return render_split(split, spec)[0]
+
+
 def render_task(task: Task, spec: RenderSpec) -> Task:
     """A text task as an image task: every split rendered; notes say what rendering lost."""
     if task.modality != "text":
@@ -195,9 +217,7 @@ def render_task(task: Task, spec: RenderSpec) -> Task:
     if totals["missing_glyphs"]:
         notes.append(f"{totals['missing_glyphs']} characters in {totals['texts_with_missing']} texts have no glyph "
                      f"in {FONT_FILE} and render as empty boxes")
-    from dataclasses import replace as dc_replace
-
-    return dc_replace(task, modality="image", channels=spec.channels, notes=(*task.notes, *notes), **splits)
+    return replace(task, modality="image", channels=spec.channels, notes=(*task.notes, *notes), **splits)
 
 
 def grid(split: Split, labels: tuple[str, ...], spec: RenderSpec, out: Path, n: int = 16, seed: int = 0) -> Path:

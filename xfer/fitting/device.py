@@ -56,6 +56,11 @@ def make_accelerator(precision: str, grad_accum: int = 1, model: nn.Module | Non
     return Accelerator(mixed_precision=mp, cpu=cpu, gradient_accumulation_steps=grad_accum)
 
 
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state (checkpoints, snapshots)."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def seed_everything(seed: int) -> None:
     import random
 

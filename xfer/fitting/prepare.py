@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from xfer.config import FitConfig
 from xfer.data import load_task
 from xfer.data.loaders import ImageBatches, TextBatches, TextPrep, image_prep, load_tokenizer, prep_from_dict
-from xfer.data.render import RenderSpec, render_split, render_task
+from xfer.data.render import RenderSpec, render_inputs, render_task
 from xfer.data.task import Split, Task, few_shot
 from xfer.errors import XferError
 from xfer.fitting.device import seed_everything
@@ -117,8 +117,7 @@ class Prepared:
     def dataset(self, split: Split) -> Dataset:
         """Batches of any split, preprocessed as the run's own (texts rendered first for a text-as-image run)."""
         prep = prep_from_dict(self.spec["prep"])
-        if self.spec.get("render") and len(split) and isinstance(split.items[0], str):
-            split, _ = render_split(split, RenderSpec.from_dict(self.spec["render"]))
+        split = render_inputs(split, self.spec.get("render"))
         if self.task.modality == "image":
             return ImageBatches(split, prep)
         return TextBatches(split, self.tokenizer, prep)

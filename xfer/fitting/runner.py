@@ -17,7 +17,7 @@ import torch
 from xfer.config import RESUME_FREE, FitConfig
 from xfer.data.loaders import TensorBatches, batches
 from xfer.errors import XferError
-from xfer.fitting.device import make_accelerator, seed_everything
+from xfer.fitting.device import cpu_state, make_accelerator, seed_everything
 from xfer.fitting.features import probe_features
 from xfer.fitting.hooks import Context, Hook
 from xfer.fitting.loop import PhaseRun, PhaseState, train_phase
@@ -99,10 +99,6 @@ def _min_batches(cfg: FitConfig, epochs: int) -> int:
     return -(-cfg.min_steps * max(1, cfg.grad_accum) // max(1, epochs))
 
 
-def _cpu_state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 @dataclass
 class PlanResult:
     history: list[dict]  # one record per epoch of every phase
@@ -135,7 +131,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
     def save(phase: int, state: PhaseState | None) -> None:
         if checkpoint is not None:
             states = {name: s for name, h in stateful.items() if (s := h.state_dict()) is not None}
-            save_checkpoint(checkpoint, Checkpoint(phase, _cpu_state(model), state, history, states, config))
+            save_checkpoint(checkpoint, Checkpoint(phase, cpu_state(model), state, history, states, config))
 
     if resume is not None:
         # Rebuild the structure the checkpoint was saved with, then load it: adapters of finished phases, and of

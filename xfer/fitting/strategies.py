@@ -13,7 +13,7 @@ import torch
 
 from xfer.config import BN_POLICIES
 from xfer.errors import XferError
-from xfer.fitting.device import accuracy, predict_logits
+from xfer.fitting.device import accuracy, cpu_state, predict_logits
 from xfer.fitting.hooks import Context, Hook
 from xfer.models import TransferModel, add_lora, block_groups, has_lora, layer_ids, merge_lora
 
@@ -180,10 +180,6 @@ class LoRAAdapters(Hook):
         return {}
 
 
-def _cpu_state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 class WiseFTInterpolation(Hook):
     """WiSE-FT's weight-space ensemble: keeps the weights at the end of the linear-probe phase, and once fine-tuning
     is over loads (1-a) theta_probe + a theta_ft for the `a` in 0, 0.1, ..., 1 with the best validation accuracy
@@ -197,7 +193,7 @@ class WiseFTInterpolation(Hook):
 
     def after_phase(self, ctx: Context) -> None:
         if ctx.phase.cached_features:
-            self.snapshot = _cpu_state(ctx.model)
+            self.snapshot = cpu_state(ctx.model)
 
     def after_plan(self, ctx: Context) -> dict:
         if self.snapshot is None:

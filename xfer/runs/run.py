@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from xfer.data.loaders import ImageBatches, TextBatches, batches, load_tokenizer, prep_from_dict
-from xfer.data.render import RenderSpec, render_split
+from xfer.data.render import render_inputs
 from xfer.data.readers import read_labelled
 from xfer.data.task import Split
 from xfer.errors import XferError
@@ -49,25 +49,12 @@ class Run:
 
     def dataset(self, split: Split):
         """Batches of `split`, preprocessed exactly as in training (texts rendered with the run's own recipe)."""
-        if self.spec.get("render") and len(split) and isinstance(split.items[0], str):
-            split, _ = render_split(split, self.render_spec())
+        split = render_inputs(split, self.spec.get("render"))
         if self.spec["modality"] == "image":
             return ImageBatches(split, self.prep)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(RunFolder(self.path).backbone)
         return TextBatches(split, self.tokenizer, self.prep)
-
-    def render_spec(self) -> RenderSpec:
-        """The run's text rendering; a different font file than in training is worth a warning (pixels may differ)."""
-        spec = RenderSpec.from_dict(self.spec["render"])
-        if spec.font_sha256 and spec.with_font().font_sha256 != spec.font_sha256:
-            import warnings
-
-            from xfer.errors import XferWarning
-
-            warnings.warn(f"The font used to render text differs from the one this run was trained with "
-                          f"(sha256 {spec.font_sha256[:12]}...); predictions may shift slightly.", XferWarning)
-        return spec
 
     def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
         acc = make_accelerator(precision, model=self.model)
