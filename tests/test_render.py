@@ -160,3 +160,12 @@ def test_text_for_an_image_source_gets_its_own_defaults(tmp_path):
     assert (mine.strategy, mine.epochs, mine.image_size) == ("lp-ft", 3, 96)
     text = resolve_config(xfer.FitConfig(data=str(data)), resolve_source("all-MiniLM-L6-v2"), text_task)
     assert (text.strategy, text.epochs, text.image_size) == ("lp-ft", 2, None)
+
+
+def test_render_command_refuses_a_count_below_one(tmp_path, monkeypatch, capsys):
+    from helpers import run_main
+
+    data = make_texts(tmp_path / "r.csv")
+    code, _, err = run_main(monkeypatch, capsys, "render", "--data", str(data), "--out", str(tmp_path / "o"), "-n", "0")
+    assert code == 2 and "-n must be at least 1" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "render.png").exists()

@@ -229,6 +229,8 @@ def grid(split: Split, labels: tuple[str, ...], spec: RenderSpec, out: Path, n: 
 
     if len(split) == 0:
         raise XferError("No examples to render.")
+    if n < 1:
+        raise XferError(f"-n must be at least 1 (how many examples to show), got {n}.")
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(split), min(n, len(split)), replace=False)
     cols = int(np.ceil(np.sqrt(len(pick))))
