@@ -45,7 +45,10 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     from xfer.cli import main
 
     monkeypatch.setattr(sys, "argv", ["xfer", *args])
-    with pytest.raises(SystemExit) as e:
+    code = 0
+    try:
         main()
+    except SystemExit as e:
+        code = e.code
     out, err = capsys.readouterr()
-    return e.value.code, out, err
+    return code, out, err

@@ -340,13 +340,65 @@ def rank(source_list, max_samples, validate, config_file, as_json, **options):
 @click.option("--out", required=True, type=click.Path(), help="folder for the exported run")
 @click.option("--merge/--no-merge", default=True, show_default=True,
               help="fold LoRA adapters into the base weights (a plain model with the same predictions)")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors", show_default=True,
+              help="safetensors: a PyTorch run; onnx: an ONNX Runtime run (dynamic batch and sequence axes, checked "
+                   "against PyTorch before it is written; predicting from it needs no PyTorch)")
 @click.option("--overwrite", is_flag=True, help="replace an existing folder at --out")
-def export(run_dir, out, merge, overwrite):
-    """Write a saved run as a new run folder, with LoRA adapters merged (checksums verified on the way)."""
-    from xfer.tools.export import export as api_export
+def export(run_dir, out, merge, fmt, overwrite):
+    """Write a saved run as a new run folder: LoRA adapters merged, or as an ONNX graph (checksums verified)."""
+    if fmt == "onnx":
+        from xfer.tools.compress import export_onnx_run
 
-    path = api_export(run_dir, out, merge=merge, overwrite=overwrite)
+        path = export_onnx_run(run_dir, out, overwrite=overwrite, log=_console().print)
+    else:
+        from xfer.tools.export import export as api_export
+
+        path = api_export(run_dir, out, merge=merge, overwrite=overwrite)
     click.echo(f"exported {run_dir} -> {path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="folder for the variants, compress.json and compress.png")
+@click.option("--int8", type=click.Choice(["dynamic", "static"]), default=None,
+              help="ONNX Runtime int8 of every variant: dynamic for text (transformer) runs, static (QDQ, calibrated "
+                   "on training examples) for CNNs")
+@click.option("--prune", type=float, default=None, help="structured pruning: fraction of channels / heads / FFN "
+                                                         "width removed, e.g. 0.3")
+@click.option("--recover-epochs", type=int, default=1, show_default=True, help="fine-tuning after pruning")
+@click.option("--distill", "student", default=None, help="distil the run into this smaller student source")
+@click.option("--student-layers", type=int, default=None, help="text student: keep its first N encoder layers")
+@click.option("--distill-epochs", type=int, default=2, show_default=True)
+@click.option("--temperature", type=float, default=2.0, show_default=True, help="distillation temperature")
+@click.option("--alpha", type=float, default=0.5, show_default=True,
+              help="weight of the teacher's soft targets (1 - alpha on the labels)")
+@click.option("--threads", type=int, default=None, help="threads for latency measurements (default: min(4, cores))")
+@click.option("--overwrite", is_flag=True, help="replace a previous `xfer compress` output at --out")
+@click.option("--json", "as_json", is_flag=True, help="print the table as JSON")
+def compress(run_dir, out, int8, prune, recover_epochs, student, student_layers, distill_epochs, temperature, alpha,
+             threads, overwrite, as_json):
+    """Smaller and faster variants of a run (int8, pruning, distillation), each a run folder, with a size /
+    latency / accuracy table."""
+    from xfer.tools.compress import compress as api_compress
+
+    console = _console()
+    table = api_compress(run_dir, out, int8=int8, prune=prune, recover_epochs=recover_epochs, distill=student,
+                         student_layers=student_layers, distill_epochs=distill_epochs, temperature=temperature,
+                         alpha=alpha, threads=threads, overwrite=overwrite,
+                         log=(lambda m: None) if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{run_dir}: {table['threads']} thread(s), {table['cpu']}")
+    for col in ("variant", "runtime", "MB", "params", "test acc", "b1 p50 ms", "b1 p95 ms", "b32 p50 ms"):
+        t.add_column(col, no_wrap=True)
+    for r in table["rows"]:
+        t.add_row(r["variant"], r["runtime"], f"{r['size_mb']:.2f}", f"{r['params']:,}", f"{r['test_accuracy']:.4f}",
+                  f"{r['latency_ms_b1_p50']:.2f}", f"{r['latency_ms_b1_p95']:.2f}", f"{r['latency_ms_b32_p50']:.1f}")
+    console.print(t)
+    console.print(f"written: {out}/compress.json, {out}/compress.png")
 
 
 @cli.command("eval")
@@ -359,9 +411,8 @@ def export(run_dir, out, merge, overwrite):
 def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
     """Evaluate a saved run (checksums are verified first)."""
     from xfer.runs import RunFolder
-    from xfer.runs.run import load
 
-    run = load(run_dir)
+    run = _open_run(run_dir)
     if data is None:
         result = {k: v for k, v in RunFolder(run.path).headline().items() if k != "val.accuracy"}
         result["source"] = "metrics.json"
@@ -396,7 +447,6 @@ def eval_cmd(run_dir, data, text_column, image_column, label_column, as_json):
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def predict(run_dir, inputs, input_file, as_json):
     """Predict labels for images (paths) or texts (strings) with a saved run."""
-    from xfer.runs.run import load
     from xfer.data.readers import read_lines
 
     items = list(inputs)
@@ -404,7 +454,7 @@ def predict(run_dir, inputs, input_file, as_json):
         items += read_lines(input_file)
     if not items:
         raise XferError("Nothing to predict: give image paths / texts as arguments, or --file with one per line.")
-    preds = load(run_dir).predict(items)
+    preds = _open_run(run_dir).predict(items)
     if as_json:
         click.echo(json.dumps(preds, indent=2))
         return
@@ -447,6 +497,17 @@ def demo(out, quiet):
     from xfer.tools.demo import run_demo
 
     run_demo(out, quiet=quiet)
+
+
+def _open_run(run_dir):
+    """A PyTorch run, or an ONNX run served by ONNX Runtime (then PyTorch is never imported)."""
+    from xfer.runs.onnx_run import is_onnx_run, load_onnx
+
+    if is_onnx_run(run_dir):
+        return load_onnx(run_dir)
+    from xfer.runs.run import load
+
+    return load(run_dir)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xfer.errors import XferError
+
 
 class TransferModel(nn.Module):
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, modality: str, dropout: float = 0.0):
@@ -53,11 +55,12 @@ def build_image_model(arch: str, num_classes: int, in_chans: int = 3, dropout: f
 
 
 def build_text_model(config_dir: Path, num_classes: int, dropout: float = 0.1,
-                     encoder_dropout: float | None = None) -> TransferModel:
+                     encoder_dropout: float | None = None, num_layers: int | None = None) -> TransferModel:
     """A transformers encoder built from its config alone (no download), weights come later from `transfer`.
 
     `encoder_dropout` overrides the encoder's own hidden/attention dropout: at 0 a CPU step skips the random
-    masks (~20% of a MiniLM step).
+    masks (~20% of a MiniLM step). `num_layers` keeps only the first layers of the encoder (a distillation
+    student); name matching then copies those layers from the source and leaves the rest of it unused.
     """
     from transformers import AutoConfig, AutoModel
 
@@ -69,6 +72,11 @@ def build_text_model(config_dir: Path, num_classes: int, dropout: float = 0.1,
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
             if hasattr(config, name):
                 setattr(config, name, encoder_dropout)
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise XferError(f"The encoder in {config_dir} has {config.num_hidden_layers} layers; cannot keep "
+                            f"{num_layers}. Give a number of layers between 1 and {config.num_hidden_layers}.")
+        config.num_hidden_layers = num_layers
     # On the CPU, SDPA's fused attention backward is several times slower than the plain (eager) path for short
     # sequences (measured: ~47% of a MiniLM step); GPUs keep SDPA.
     extra = {"attn_implementation": "sdpa" if torch.cuda.is_available() else "eager"}
@@ -151,7 +159,8 @@ def build_from_spec(spec: dict, hf_dir: Path | None = None) -> TransferModel:
         model = build_image_model(spec["arch"], len(spec["labels"]), spec["prep"]["channels"], spec["dropout"],
                                   spec["prep"]["size"])
     else:
-        model = build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"))
+        model = build_text_model(hf_dir, len(spec["labels"]), spec["dropout"], spec.get("encoder_dropout"),
+                                 spec.get("encoder_layers"))
     if spec.get("lora"):
         add_lora(model, spec["lora"])
     return model
@@ -163,3 +172,41 @@ def lora_options(model: TransferModel) -> dict | None:
         return None
     config = model.backbone.peft_config["default"]
     return {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout}
+
+
+def _is_shape(value) -> bool:
+    """An int or a tuple of ints (bools excluded): the kind of attribute that records a layer's width."""
+    if isinstance(value, tuple):
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shape_attributes(model: nn.Module) -> dict[str, dict]:
+    """Per module name, its public int / tuple-of-int attributes (in_channels, groups, num_features,
+    normalized_shape, num_attention_heads, ...). Compared before and after pruning, they say which widths
+    changed, which is what a rebuilt architecture needs besides the resized tensors."""
+    return {name: {k: v for k, v in vars(module).items() if not k.startswith("_") and _is_shape(v)}
+            for name, module in model.named_modules()}
+
+
+def apply_pruned(model: nn.Module, state: dict[str, torch.Tensor], changed: dict[str, dict]) -> None:
+    """Give a freshly built architecture the shapes of its pruned version, so `load_state_dict(state, strict=True)`
+    succeeds: the recorded attributes are set back (JSON lists become tuples again) and every parameter or buffer
+    whose shape differs from `state` is replaced by an empty tensor of the saved shape (the weights come next)."""
+    modules = dict(model.named_modules())
+    for name, attributes in changed.items():
+        if name not in modules:
+            raise XferError(f"The pruned spec names a layer {name!r} that this architecture does not have; the run "
+                            f"was pruned from another architecture or xfer version. Prune the original run again.")
+        for key, value in attributes.items():
+            setattr(modules[name], key, tuple(value) if isinstance(value, list) else value)
+    for prefix, module in modules.items():
+        for kind in ("_parameters", "_buffers"):
+            for key, tensor in list(getattr(module, kind).items()):
+                saved = state.get(f"{prefix}.{key}" if prefix else key)
+                if tensor is None or saved is None or saved.shape == tensor.shape:
+                    continue
+                new = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
+                if kind == "_parameters":
+                    new = nn.Parameter(new, requires_grad=tensor.requires_grad)
+                getattr(module, kind)[key] = new

@@ -1,8 +1,15 @@
-"""Data: the user's examples as a Task, and the loaders that turn its splits into batches."""
+"""Data: the user's examples as a Task, and the loaders that turn its splits into batches (imported on first use:
+reading and rendering data needs no torch)."""
 
-from xfer.data.builtin import BUILTINS
-from xfer.data.loaders import ImagePrep, TextPrep, batches
-from xfer.data.readers import load_task
-from xfer.data.task import Split, Task
+from importlib import import_module
 
-__all__ = ["BUILTINS", "ImagePrep", "Split", "Task", "TextPrep", "batches", "load_task"]
+_EXPORTS = {"BUILTINS": "xfer.data.builtin", "ImagePrep": "xfer.data.loaders", "TextPrep": "xfer.data.loaders",
+            "batches": "xfer.data.loaders", "load_task": "xfer.data.readers", "Split": "xfer.data.task",
+            "Task": "xfer.data.task"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'xfer.data' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -14,16 +14,19 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 import yaml
 
 from xfer.errors import XferError
 from xfer.hashing import sha256_file
 
+if TYPE_CHECKING:  # torch is imported where tensors are read or written: an ONNX run is served without it
+    import torch
+
 SUMS = "SHA256SUMS"
 WEIGHTS = "model.safetensors"
+ONNX_MODEL = "model.onnx"  # an ONNX run (spec["runtime"] == "onnx") holds this graph instead of WEIGHTS
 SPEC = "spec.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
@@ -161,7 +164,9 @@ def verify_run(folder: Path) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise XferError(f"Run folder {folder} does not exist. Give the folder that `xfer fit` wrote (runs/<name>).")
-    _verify_sums(folder, (WEIGHTS, SPEC))
+    listed = _verify_sums(folder, (SPEC,))
+    if WEIGHTS not in listed and ONNX_MODEL not in listed:
+        raise XferError(f"{folder}/{SUMS} lists neither {WEIGHTS} nor {ONNX_MODEL}; the folder was altered.")
 
 
 # Files that hold weights or code to deserialise: one that SHA256SUMS does not list is refused, never loaded.
@@ -304,19 +309,27 @@ class RunFolder:
         return self.path / BACKBONE
 
 
-def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor], config: dict | None = None,
-              metrics: dict | None = None, history: list | None = None, transfer_report: dict | None = None,
-              backbone: Callable[[Path], None] | None = None, copy_from: Path | None = None,
-              overwrite: bool = False) -> Path:
-    """Write a run folder atomically (see new_run). `backbone(folder)` saves the encoder's files; `copy_from` copies
-    every other file of an existing run (an export keeps the original's config, metrics and reports)."""
+def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor] | None = None, onnx: Path | None = None,
+              config: dict | None = None, metrics: dict | None = None, history: list | None = None,
+              transfer_report: dict | None = None, backbone: Callable[[Path], None] | None = None,
+              copy_from: Path | None = None, extra: dict[str, dict] | None = None, overwrite: bool = False) -> Path:
+    """Write a run folder atomically (see new_run): PyTorch `weights`, or an `onnx` graph file (copied in).
+    `backbone(folder)` saves the encoder's files; `copy_from` copies every other file of an existing run (an export
+    keeps the original's config, metrics and reports); `extra` adds JSON files by name (a compression report)."""
+    if (weights is None) == (onnx is None):
+        raise ValueError("write_run needs exactly one of weights= and onnx=")
     with new_run(dest, overwrite) as tmp:
         if copy_from is not None:
             for p in Path(copy_from).iterdir():
-                if p.name in (WEIGHTS, SPEC, SUMS) or p.name.startswith("."):
+                if p.name in (WEIGHTS, ONNX_MODEL, SPEC, SUMS) or p.name.startswith("."):
                     continue
                 (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
-        save_weights(tmp, weights)
+        if weights is not None:
+            save_weights(tmp, weights)
+        else:
+            shutil.copyfile(onnx, tmp / ONNX_MODEL)
+        for name, obj in (extra or {}).items():
+            write_json(tmp / name, obj)
         write_json(tmp / SPEC, spec)
         if config is not None:
             write_yaml(tmp / CONFIG, config)
@@ -327,6 +340,6 @@ def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor], confi
         if transfer_report is not None:
             write_json(tmp / TRANSFER_REPORT, transfer_report)
         if backbone is not None:
-            (tmp / BACKBONE).mkdir()
+            (tmp / BACKBONE).mkdir(exist_ok=True)
             backbone(tmp / BACKBONE)
     return Path(dest)

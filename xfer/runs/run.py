@@ -17,7 +17,7 @@ from xfer.data.task import Split
 from xfer.errors import XferError
 from xfer.fitting.device import make_accelerator, place, predict_logits
 from xfer.fitting.evaluate import classification_metrics
-from xfer.models import TransferModel, build_from_spec
+from xfer.models import TransferModel, apply_pruned, build_from_spec
 from xfer.runs.folder import RunFolder
 from xfer.transfer import TransferReport
 
@@ -97,9 +97,16 @@ def load(path: str | Path) -> Run:
     """Load a run folder after verifying its checksums; weights come only from safetensors."""
     folder = RunFolder(Path(path)).verify()
     spec = folder.spec()
+    if spec.get("runtime") == "onnx":  # same interface, served by ONNX Runtime
+        from xfer.runs.onnx_run import load_onnx
+
+        return load_onnx(path)
     model = build_from_spec(spec, folder.backbone)
+    weights = folder.weights()
+    if spec.get("pruned"):  # a pruned variant: the spec's architecture, then the widths pruning left
+        apply_pruned(model, weights, spec["pruned"]["attributes"])
     try:
-        model.load_state_dict(folder.weights(), strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise XferError(f"Weights in {folder.path} do not fit the architecture in its spec: {str(e)[:300]}") from e
     model.eval()
