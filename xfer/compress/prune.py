@@ -113,7 +113,9 @@ def _image_options(model: TransferModel) -> tuple[dict, list]:
         raise XferError("Pruning supports convolutional image backbones (MobileNet, EfficientNet, ResNet...); this "
                         "run's backbone has attention layers (a ViT or a hybrid), whose heads it cannot prune yet. "
                         "Use int8 quantisation or distillation to compress it instead.")
-    return {"ignored_layers": [model.head]}, []
+    # Channel counts stay multiples of 8: oneDNN and ONNX Runtime vectorise convolutions in blocks of 8 or 16
+    # channels, and odd widths made a 30%-pruned MobileNet-V2 slower than the original at batch 32 (measured).
+    return {"ignored_layers": [model.head], "round_to": 8}, []
 
 
 def _text_options(model: TransferModel, ratio: float) -> tuple[dict, list]:

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xfer.compress.measure import folder_mb, onnx_latency, onnx_params, torch_latency
+from xfer.compress.measure import Timed, folder_mb, measure_all, onnx_params
 from xfer.compress.onnx import TRACE_BATCH, as_tensors, export_onnx, input_names
 from xfer.compress.quantize import MODES, int8_operators, quantize_onnx, torch_dynamic_int8
 from xfer.compress.retrain import run_task
@@ -36,6 +36,7 @@ from xfer.runs.run import Run, load
 REPORT = "compression.json"  # in each variant's folder: what was done to get it
 TABLE = "compress.json"
 CALIBRATION_EXAMPLES = 256
+LATENCY_ROUNDS = 3
 
 
 def default_threads() -> int:
@@ -174,8 +175,9 @@ def folder_name(variant: str) -> str:
 
 # --- the table ------------------------------------------------------------------------------------------------------
 
-def measure_row(path: Path, variant: str, task: Task, threads: int) -> dict:
-    """One row of the table for the run folder at `path`, measured from what was written."""
+def prepare_row(path: Path, variant: str, task: Task, threads: int) -> tuple[dict, Timed]:
+    """The size, parameters and test metrics of the run folder at `path` (measured from what was written), and
+    what its latency is timed on."""
     folder = RunFolder(path)
     spec = folder.spec()
     idx = _sample(task.test, 50, seed=1)
@@ -184,35 +186,39 @@ def measure_row(path: Path, variant: str, task: Task, threads: int) -> dict:
         logits = run.logits(list(task.test.items))
         items = list(task.test.items)
         batches = {"b1": [run.inputs([items[i]]) for i in idx], "b32": [run.inputs(items[:32])]}
-        lat = onnx_latency(run.session, batches)
+        session = run.session
+        timed = (lambda x: session.run(["logits"], x), batches)
         size, params, runtime = folder_mb(path, [ONNX_MODEL]), onnx_params(path / ONNX_MODEL), "onnxruntime"
     else:
         run = load(path)
         logits = run.logits(task.test, precision="no").numpy()
-        lat = torch_latency(run.model.float().eval(), _torch_batches(run, task.test, idx, 32), threads)
+        model = run.model.float().eval()
+        timed = (model, _torch_batches(run, task.test, idx, 32))
         size, params = folder_mb(path, [WEIGHTS]), sum(p.numel() for p in run.model.parameters())
         runtime = "pytorch"
-    m = classification_metrics(task.test.labels, logits.argmax(1), tuple(spec["labels"]))
-    return {"variant": variant, "runtime": runtime, "size_mb": round(size, 3), "params": int(params),
-            "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], **_rounded(lat), "threads": threads,
-            "path": str(path)}
+    return _row(variant, runtime, size, params, task, logits, tuple(spec["labels"]), threads, path), timed
 
 
-def torch_int8_row(run: Run, task: Task, threads: int) -> dict:
+def torch_int8_row(run: Run, task: Task, threads: int) -> tuple[dict, Timed]:
     """PyTorch dynamic int8 (torch.ao) of the original, measured in memory: it has no run folder, since a
     quantised PyTorch module cannot be saved as safetensors and rebuilt from a spec."""
     model = torch_dynamic_int8(_copy(run.model).float().eval())
     q = Run(model, run.spec, run.path, tokenizer=run.tokenizer)
     logits = q.logits(task.test, precision="no").numpy()
     idx = _sample(task.test, 50, seed=1)
-    lat = torch_latency(model, _torch_batches(q, task.test, idx, 32), threads)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "q.pt")  # only to weigh it: torch's own format holds packed int8
         size = (Path(tmp) / "q.pt").stat().st_size / 1e6
-    m = classification_metrics(task.test.labels, logits.argmax(1), run.labels)
-    return {"variant": "original-torch-int8-dynamic", "runtime": "pytorch", "size_mb": round(size, 3),
-            "params": sum(p.numel() for p in run.model.parameters()), "test_accuracy": m["accuracy"],
-            "test_macro_f1": m["macro_f1"], **_rounded(lat), "threads": threads, "path": None}
+    row = _row("original-torch-int8-dynamic", "pytorch", size, sum(p.numel() for p in run.model.parameters()), task,
+               logits, run.labels, threads, None)
+    return row, (model, _torch_batches(q, task.test, idx, 32))
+
+
+def _row(variant, runtime, size, params, task, logits, labels, threads, path) -> dict:
+    m = classification_metrics(task.test.labels, logits.argmax(1), labels)
+    return {"variant": variant, "runtime": runtime, "size_mb": round(size, 3), "params": int(params),
+            "test_accuracy": m["accuracy"], "test_macro_f1": m["macro_f1"], "threads": threads,
+            "path": str(path) if path is not None else None}
 
 
 def _copy(model):
@@ -270,14 +276,18 @@ def compress(run_dir: str | Path, out: str | Path, *, int8: str | None = None, p
             for p in onnx_variants(load(path), name, out, int8=int8, task=task, overwrite=overwrite, log=log):
                 paths.append((p.name, p))
     log(f"measuring {len(paths)} variants on {threads} thread(s): {cpu_name()}")
-    rows = [measure_row(Path(p), name, task, threads) for name, p in paths]
+    measured = [prepare_row(Path(p), name, task, threads) for name, p in paths]
     if int8 == "dynamic" and torch_baseline:
         try:
-            rows.insert(1, torch_int8_row(original, task, threads))
+            measured.insert(1, torch_int8_row(original, task, threads))
         except XferError as e:
             log(f"[yellow]note:[/] {e}")
+    latencies = measure_all([timed for _, timed in measured], threads, rounds=LATENCY_ROUNDS)
+    rows = [{**row, **_rounded(lat), "threads": threads, "path": row["path"]}
+            for (row, _), lat in zip(measured, latencies)]
     table = {"run": str(run_dir), "cpu": cpu_name(), "threads": threads, "test_examples": len(task.test),
-             "rows": rows}
+             "latency": f"median of {LATENCY_ROUNDS} interleaved rounds; batch 1: 100 calls over 50 test examples, "
+                        f"batch 32: 10 calls", "rows": rows}
     write_json(out / TABLE, table)
     plot(table, out / "compress.png")
     return table
@@ -316,16 +326,23 @@ def plot(table: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "latency_ms_b1_p50", "batch-1 latency, p50 (ms)"),
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    colours = plt.get_cmap("tab10")
+    for ax, key, label in ((axes[0], "latency_ms_b1_p50", "batch-1 latency, p50 (ms, log scale)"),
                            (axes[1], "size_mb", "model file (MB)")):
-        for row in table["rows"]:
-            ax.scatter(row[key], row["test_accuracy"] * 100, s=36)
-            ax.annotate(row["variant"], (row[key], row["test_accuracy"] * 100), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+        for i, row in enumerate(table["rows"]):
+            ax.scatter(row[key], row["test_accuracy"] * 100, s=48, color=colours(i % 10),
+                       marker="s" if row["runtime"] == "onnxruntime" else "o", label=row["variant"])
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axes[0].xaxis.set_major_formatter(ScalarFormatter())
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), title="o PyTorch, \u25a0 ONNX Runtime",
+                   title_fontsize=7)
     fig.suptitle(f"{Path(table['run']).name}: {table['threads']} thread(s), {table['cpu']}", fontsize=9)
     fig.tight_layout()
     import io
