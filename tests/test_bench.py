@@ -25,6 +25,7 @@ SHELL_SCRIPTS = {
     "rank_sources.sh": "Kendall's tau",
     "search_bench.sh": "best configuration",
     "cross_modal.sh": "reuters_r8 scratch: test accuracy",
+    "compress.sh": "compress-rt/compress.json",
 }
 
 

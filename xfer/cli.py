@@ -373,18 +373,22 @@ def export(run_dir, out, merge, fmt, overwrite):
 @click.option("--alpha", type=float, default=0.5, show_default=True,
               help="weight of the teacher's soft targets (1 - alpha on the labels)")
 @click.option("--threads", type=int, default=None, help="threads for latency measurements (default: min(4, cores))")
+@click.option("--rounds", type=click.IntRange(1, 20), default=3, show_default=True,
+              help="interleaved latency rounds; each figure is their median")
 @click.option("--overwrite", is_flag=True, help="replace a previous `xfer compress` output at --out")
 @click.option("--json", "as_json", is_flag=True, help="print the table as JSON")
 def compress(run_dir, out, int8, prune, recover_epochs, student, student_layers, distill_epochs, temperature, alpha,
-             threads, overwrite, as_json):
+             threads, rounds, overwrite, as_json):
     """Smaller and faster variants of a run (int8, pruning, distillation), each a run folder, with a size /
     latency / accuracy table."""
+    from rich.console import Console
+
     from xfer.tools.compress import compress as api_compress
 
-    console = _console()
+    console = Console(highlight=False, width=max(Console().width, 150))  # the table is wide; don't squeeze it
     table = api_compress(run_dir, out, int8=int8, prune=prune, recover_epochs=recover_epochs, distill=student,
                          student_layers=student_layers, distill_epochs=distill_epochs, temperature=temperature,
-                         alpha=alpha, threads=threads, overwrite=overwrite,
+                         alpha=alpha, threads=threads, rounds=rounds, overwrite=overwrite,
                          log=(lambda m: None) if as_json else console.print)
     if as_json:
         click.echo(json.dumps(table, indent=2))

@@ -234,6 +234,7 @@ def _rounded(d: dict) -> dict:
 def compress(run_dir: str | Path, out: str | Path, *, int8: str | None = None, prune: float | None = None,
              recover_epochs: int = 1, distill: str | None = None, student_layers: int | None = None,
              distill_epochs: int = 2, temperature: float = 2.0, alpha: float = 0.5, threads: int | None = None,
+             rounds: int = LATENCY_ROUNDS,
              torch_baseline: bool = True, overwrite: bool = False,
              log: Callable[[str], None] | None = None) -> dict:
     """Write the requested variants of the run under `out`, measure every one, and write compress.json and
@@ -282,11 +283,11 @@ def compress(run_dir: str | Path, out: str | Path, *, int8: str | None = None, p
             measured.insert(1, torch_int8_row(original, task, threads))
         except XferError as e:
             log(f"[yellow]note:[/] {e}")
-    latencies = measure_all([timed for _, timed in measured], threads, rounds=LATENCY_ROUNDS)
+    latencies = measure_all([timed for _, timed in measured], threads, rounds=rounds)
     rows = [{**row, **_rounded(lat), "threads": threads, "path": row["path"]}
             for (row, _), lat in zip(measured, latencies)]
     table = {"run": str(run_dir), "cpu": cpu_name(), "threads": threads, "test_examples": len(task.test),
-             "latency": f"median of {LATENCY_ROUNDS} interleaved rounds; batch 1: 100 calls over 50 test examples, "
+             "latency": f"median of {rounds} interleaved rounds; batch 1: 100 calls over 50 test examples, "
                         f"batch 32: 10 calls", "rows": rows}
     write_json(out / TABLE, table)
     plot(table, out / "compress.png")
