@@ -405,6 +405,60 @@ def compress(run_dir, out, int8, prune, recover_epochs, student, student_layers,
     console.print(f"written: {out}/compress.json, {out}/compress.png")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", default=None, type=click.Path(), help="folder for robust.json and robust.png")
+@click.option("--data", default=None, help="labelled file or folder to attack (default: the run's test split)")
+@click.option("--attacks", default=None, help="images: fgsm,pgd; text: char,word (greedy and random edits)")
+@click.option("--eps", default="0,0.05,0.1,0.2", show_default=True, help="images: L-inf radii in [0, 1] pixel units")
+@click.option("--rates", default="0.05,0.1,0.2", show_default=True, help="text: edits per word")
+@click.option("--defences", default=None, help="defences to evaluate, naive and adaptive attack side by side "
+                                                "(default: the run's own): blur,bits,jpeg,resize-pad | "
+                                                "lookalikes,spelling,token-dropout")
+@click.option("--steps", default=20, show_default=True, help="PGD steps")
+@click.option("--eot", default=8, show_default=True, help="draws averaged per gradient against randomised defences")
+@click.option("--limit", default=500, show_default=True, help="examples attacked (a seeded sample)")
+@click.option("--certify", "certify_flag", is_flag=True, help="certified accuracy by randomised smoothing")
+@click.option("--sigma", default=0.25, show_default=True, help="smoothing noise, pixel units")
+@click.option("-n", "n", default=500, show_default=True, help="noise samples per certified example")
+@click.option("--json", "as_json", is_flag=True, help="print robust.json's content")
+def robust(run_dir, out, data, attacks, eps, rates, defences, steps, eot, limit, certify_flag, sigma, n, as_json):
+    """Accuracy under attack (FGSM/PGD; character and word edits), each defence against the naive and the adaptive
+    attack, and certified accuracy by randomised smoothing."""
+    from xfer.tools.robust import robust as api_robust
+
+    def numbers(text, name):
+        try:
+            return [float(v) for v in text.split(",") if v.strip()]
+        except ValueError as e:
+            raise XferError(f"--{name} takes comma-separated numbers, got {text!r}.") from e
+
+    console = _console()
+    result = api_robust(run_dir, out, data=data, attacks=attacks.split(",") if attacks else None,
+                        eps=numbers(eps, "eps"), rates=numbers(rates, "rates"),
+                        defences=defences.split(",") if defences is not None else None, steps=steps, eot=eot,
+                        limit=limit, certify_sigma=sigma if certify_flag else None, n=n,
+                        log=(lambda m: None) if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{run_dir}: clean accuracy {result['clean_accuracy']:.4f} on {result['examples']} examples")
+    for col in ("attack", "strength", "defence", "attack on defence", "accuracy"):
+        t.add_column(col)
+    for r in result["results"]:
+        t.add_row(r["attack"], f"{r['eps']:g}", r["defence"] or "-",
+                  "-" if not r["defence"] else ("adaptive" if r["adaptive"] else "naive"), f"{r['accuracy']:.4f}")
+    console.print(t)
+    if "certified" in result:
+        c = result["certified"]
+        console.print(f"certified accuracy (sigma {c['sigma']}, n {c['n']}): "
+                      + ", ".join(f"r={r}: {a:.3f}" for r, a in c["certified_accuracy"].items()))
+    if out:
+        console.print(f"written: {out}/robust.json, {out}/robust.png")
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path())
 @click.option("--data", default=None, help="labelled file or folder to evaluate on (default: the saved test metrics)")

@@ -74,6 +74,13 @@ class FitConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     merge: bool = False  # lora: save the adapters folded into the base weights (a plain model)
+    # robustness (docs/security.md)
+    defence: str | None = None  # input defence saved with the run, applied by predict/eval/robust (blur, jpeg, ...)
+    defence_draws: int = 8  # randomised defences: predictions averaged over this many draws
+    noise_sigma: float | None = None  # Gaussian noise on training pixels (base model for randomised smoothing)
+    adversarial: str | None = None  # adversarial fine-tuning: fgsm | pgd examples in every training batch
+    adv_eps: float = 0.1  # adversarial fine-tuning: L-inf radius in [0, 1] pixel units
+    adv_steps: int = 5  # adversarial fine-tuning: PGD steps per batch
     # loop
     batch_size: int | None = None
     optimizer: str = "adamw"
@@ -188,9 +195,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_alpha": _positive, "lora_dropout": _fraction, "batch_size": (lambda v: 1 <= v <= 65536, "between 1 and 65536"),
     "weight_decay": _at_least_0, "warmup": (lambda v: 0 <= v <= 1, "between 0 and 1"), "label_smoothing": _fraction,
     "grad_clip": _at_least_0, "patience": _at_least_0, "grad_accum": _at_least_1, "min_steps": _at_least_0,
-    "num_workers": _at_least_0, "time_budget": _positive, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
+    "num_workers": _at_least_0, "time_budget": _positive, "defence_draws": _at_least_1,
+    "noise_sigma": (lambda v: 0 < v <= 2, "above 0 and at most 2 (pixel units)"),
+    "adv_eps": (lambda v: 0 < v <= 1, "above 0 and at most 1 (pixel units)"), "adv_steps": _at_least_1, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
 }
-CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES, "render_mode": ("L", "RGB")}
+CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES, "render_mode": ("L", "RGB"),
+           "adversarial": ("fgsm", "pgd")}
 
 
 def _kind(annotation) -> tuple[type, bool]:
@@ -283,6 +293,14 @@ HELP = {
     "lora_alpha": "lora: scaling numerator (updates scaled by alpha/r)",
     "lora_dropout": "lora: dropout on the adapters' input",
     "merge": "lora: save the adapters merged into the base weights",
+    "defence": "input defence saved in the run and applied by predict/eval/robust: blur[:sigma], bits[:n], "
+               "jpeg[:quality], resize-pad (images); lookalikes, spelling, token-dropout[:p] (text)",
+    "defence_draws": "randomised defences (resize-pad, token-dropout): predictions averaged over this many draws",
+    "noise_sigma": "fine-tune on images with Gaussian noise of this sigma (pixels in [0, 1]): the base model of "
+                   "randomised smoothing (`xfer robust --certify`)",
+    "adversarial": "adversarial fine-tuning: fgsm | pgd examples replace every training batch",
+    "adv_eps": "adversarial fine-tuning: L-infinity radius in pixel units (0-1)",
+    "adv_steps": "adversarial fine-tuning: PGD steps per batch",
     "batch_size": "batch size (image 64, text 32)",
     "optimizer": "adamw | adam | sgd",
     "weight_decay": "weight decay (not on biases and norms)",

@@ -25,6 +25,8 @@ from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare, r
 from xfer.fitting.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
 from xfer.fitting.strategies import make_plan
 from xfer.models import lora_options
+from xfer.robust.defences import check_modality, parse_defence
+from xfer.robust.training import robust_hooks
 from xfer.runs.folder import check_destination, write_run
 from xfer.runs.run import Run
 from xfer.sources import LoadedSource
@@ -49,6 +51,7 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         check_destination(Path(cfg.out), cfg.overwrite)
     early = cfg.resolved("image")
     make_plan(early.strategy, early)  # fail fast on an unknown strategy before loading anything
+    defence = parse_defence(cfg.defence, cfg.defence_draws)  # and on an unknown defence
 
     task = task if task is not None else load_fit_task(cfg)
     source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)
@@ -66,6 +69,9 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     for note in prep.task.notes[len(task.notes):]:  # what rendering text as images lost, if it did
         log(f"[yellow]note:[/] {note}")
     model, data, task = prep.model, prep.datasets, prep.task  # task: rendered for text-as-image
+    check_modality(defence, prep.spec["modality"])
+    prep.spec["defence"] = defence
+    hooks = tuple(hooks) + robust_hooks(cfg, prep.spec)
     plan = make_plan(cfg.strategy, cfg)
     if resume is not None:
         log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"
@@ -100,6 +106,11 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
 
     run = Run(model.cpu().to(memory_format=torch.contiguous_format), prep.spec, out, metrics, prep.report,
               result.history, prep.tokenizer)
+    if defence is not None and evaluate_test:  # what predict and eval will answer: the model behind its defence
+        logits = run.logits(task.test, batch_size=cfg.batch_size * 2, precision=cfg.precision)
+        metrics["defended"] = {"defence": defence, "test": classification_metrics(
+            task.test.labels, logits.argmax(1).numpy(), task.labels)}
+        log(f"with the {defence['name']} defence: test accuracy {metrics['defended']['test']['accuracy']:.4f}")
     if save:
         text = prep.spec["modality"] == "text"
         write_run(out, spec=run.spec, weights=run.model.state_dict(), config=replace(cfg, out=str(out)).to_dict(),

@@ -56,11 +56,25 @@ class Run:
             self.tokenizer = load_tokenizer(RunFolder(self.path).backbone)
         return TextBatches(split, self.tokenizer, self.prep)
 
-    def logits(self, split: Split, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
+    def logits(self, split: Split, batch_size: int = 64, precision: str = "auto", defence: bool = True) -> torch.Tensor:
+        """Logits in data order, preprocessed as in training, behind the run's defence (spec["defence"]) unless
+        `defence=False`; a randomised defence gives the log of the softmax averaged over its draws."""
+        spec_defence = self.spec.get("defence") if defence else None
+        if spec_defence and spec_defence["modality"] == "text":
+            from xfer.robust.text_runs import defended_logits
+
+            return defended_logits(self, split, spec_defence, batch_size, precision)
+        model = self.model
+        if spec_defence:
+            from xfer.robust.defences import Defended
+
+            model = Defended(self.model, self.spec["prep"], spec_defence).eval()
         acc = make_accelerator(precision, model=self.model)
         image = self.spec["modality"] == "image"
-        place(self.model, acc, channels_last=image)
-        return predict_logits(self.model, batches(self.dataset(split), batch_size, shuffle=False), acc, image)
+        place(model, acc, channels_last=image)
+        if spec_defence and spec_defence["draws"] > 1:
+            torch.manual_seed(0)  # a randomised defence draws the same way on every call: answers are repeatable
+        return predict_logits(model, batches(self.dataset(split), batch_size, shuffle=False), acc, image)
 
     def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
         """Predict labels for image paths / arrays (image runs) or strings (text runs)."""

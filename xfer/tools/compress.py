@@ -298,6 +298,9 @@ def _refuse_lora(run_dir) -> None:
     spec = RunFolder(Path(run_dir)).verify().spec()
     if spec.get("runtime") == ONNX_RUNTIME:
         raise XferError(f"{run_dir} is already an ONNX run; compress or export the PyTorch run it came from.")
+    if spec.get("defence"):
+        raise XferError(f"{run_dir} has an input defence ({spec['defence']['name']}), which runs in PyTorch and is not "
+                        f"part of an ONNX graph. Compress the run without it (fit again without --defence).")
     if spec.get("lora"):
         raise XferError(f"{run_dir} has LoRA adapters that are not merged into the base weights; export and "
                         f"compression work on plain weights. Run `xfer export {run_dir} --out DIR` (it merges them) "
