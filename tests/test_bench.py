@@ -26,6 +26,7 @@ SHELL_SCRIPTS = {
     "search_bench.sh": "best configuration",
     "cross_modal.sh": "reuters_r8 scratch: test accuracy",
     "compress.sh": "compress-rt/compress.json",
+    "robust.sh": "robust-rt/robust.json",
 }
 
 

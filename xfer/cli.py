@@ -436,7 +436,7 @@ def robust(run_dir, out, data, attacks, eps, rates, defences, steps, eot, limit,
     console = _console()
     result = api_robust(run_dir, out, data=data, attacks=attacks.split(",") if attacks else None,
                         eps=numbers(eps, "eps"), rates=numbers(rates, "rates"),
-                        defences=defences.split(",") if defences is not None else None, steps=steps, eot=eot,
+                        defences=[d for d in defences.split(",") if d] if defences is not None else None, steps=steps, eot=eot,
                         limit=limit, certify_sigma=sigma if certify_flag else None, n=n,
                         log=(lambda m: None) if as_json else console.print)
     if as_json:

@@ -127,7 +127,7 @@ def robust(run_dir: str | Path, out: str | Path | None = None, *, data: str | No
     modality = run.spec["modality"]
     names = list(defences) if defences is not None else ([run.spec["defence"]["name"]] if run.spec.get("defence")
                                                          else [])
-    parsed = [parse_defence(d) for d in names]
+    parsed = [p for p in (parse_defence(d) for d in names) if p is not None]
     for d in parsed:
         check_modality(d, modality)
     split = evaluation_split(run, data, limit, seed)
