@@ -13,11 +13,13 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from xfer.errors import XferError
 from xfer.hashing import sha256_file
+
+if TYPE_CHECKING:  # torch loads where tensors are read: listing sources stays fast
+    import torch
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ def wheel_path(spec: SourceSpec) -> Path:
 
 def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint as tensors only: safetensors, or torch.load(weights_only=True); never a plain pickle."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise XferError(f"Checkpoint {path} does not exist.")
@@ -224,6 +228,8 @@ def refuse_remote_code(folder: Path) -> None:
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
     """sha256 over a state dict's names, shapes, dtypes and bytes (sources whose file is not at hand: timm)."""
+    import torch
+
     import hashlib
 
     h = hashlib.sha256()
