@@ -35,7 +35,7 @@ TRANSFER_REPORT = "transfer_report.json"
 BACKBONE = "backbone"  # text runs: the encoder's config and tokenizer, so loading needs no download
 SPEC_FORMAT = 1
 # Flat copies of the nested metrics that tools and scripts read without knowing the nesting.
-HEADLINE = ("test.accuracy", "test.macro_f1", "val.accuracy", "baseline.test.accuracy")
+HEADLINE = ("test.accuracy", "test.macro_f1", "val.accuracy", "baseline.test.accuracy", "defended.test.accuracy")
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
