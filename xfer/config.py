@@ -297,7 +297,8 @@ HELP = {
                "jpeg[:quality], resize-pad (images); lookalikes, spelling, token-dropout[:p] (text)",
     "defence_draws": "randomised defences (resize-pad, token-dropout): predictions averaged over this many draws",
     "noise_sigma": "fine-tune on images with Gaussian noise of this sigma (pixels in [0, 1]): the base model of "
-                   "randomised smoothing (`xfer robust --certify`)",
+                   "randomised smoothing (`xfer robust --certify`); the run then predicts as the smoothed "
+                   "classifier (defence noise:sigma, averaged over --defence-draws) unless --defence says otherwise",
     "adversarial": "adversarial fine-tuning: fgsm | pgd examples replace every training batch",
     "adv_eps": "adversarial fine-tuning: L-infinity radius in pixel units (0-1)",
     "adv_steps": "adversarial fine-tuning: PGD steps per batch",

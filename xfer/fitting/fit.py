@@ -52,6 +52,8 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     early = cfg.resolved("image")
     make_plan(early.strategy, early)  # fail fast on an unknown strategy before loading anything
     defence = parse_defence(cfg.defence, cfg.defence_draws)  # and on an unknown defence
+    if defence is None and cfg.noise_sigma:  # a noise-trained model is used as the smoothed classifier it was made for
+        defence = parse_defence(f"noise:sigma={cfg.noise_sigma}", cfg.defence_draws)
 
     task = task if task is not None else load_fit_task(cfg)
     source_spec = loaded_source.spec if loaded_source is not None else fit_source(cfg, task)

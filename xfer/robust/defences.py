@@ -5,6 +5,9 @@ Images (torch modules on [0, 1] pixels, before the run's normalisation):
 - `bits`: bit-depth reduction, feature squeezing (Xu et al., NDSS 2018); non-differentiable: BPDA attacks it;
 - `jpeg`: JPEG compression (Dziugaite et al. 2016; Guo et al., ICLR 2018); non-differentiable: BPDA;
 - `resize-pad`: random resize and pad (Xie et al., ICLR 2018), averaged over draws; EOT attacks it.
+- `noise`: Gaussian noise averaged over draws: the smoothed classifier of randomised smoothing (Cohen et al., ICML
+  2019), what a model fine-tuned with `--noise-sigma` predicts with; EOT attacks it, `xfer robust --certify`
+  bounds it.
 Texts (strings in, strings out; xfer/robust/text.py): `lookalikes`, `spelling`, `token-dropout` (randomised).
 
 `bpda=True` turns a non-differentiable transform into a straight-through one (forward as is, backward as the
@@ -29,6 +32,7 @@ DEFENCES: dict[str, tuple[str, dict, str | None, bool]] = {
     "bits": ("image", {"bits": 3}, "bits", False),
     "jpeg": ("image", {"quality": 75}, "quality", False),
     "resize-pad": ("image", {"max_scale": 1.125}, "max_scale", True),
+    "noise": ("image", {"sigma": 0.25}, "sigma", True),
     "lookalikes": ("text", {}, None, False),
     "spelling": ("text", {}, None, False),
     "token-dropout": ("text", {"p": 0.1}, "p", True),
@@ -61,12 +65,12 @@ def parse_defence(text: str | None, draws: int = DEFAULT_DRAWS) -> dict | None:
 
 
 def _check(name: str, o: dict) -> None:
-    bad = ((name == "blur" and not 0 < o["sigma"] <= 10) or (name == "bits" and not 1 <= o["bits"] <= 8)
+    bad = ((name == "blur" and not 0 < o["sigma"] <= 10) or (name == "noise" and not 0 < o["sigma"] <= 2) or (name == "bits" and not 1 <= o["bits"] <= 8)
            or (name == "jpeg" and not 1 <= o["quality"] <= 100) or (name == "resize-pad" and not 1 < o["max_scale"] <= 2)
            or (name == "token-dropout" and not 0 <= o["p"] < 1))
     if bad:
         raise XferError(f"Defence {name} options out of range: {o}. Ranges: blur sigma in (0, 10] px, bits in 1..8, "
-                        f"jpeg quality in 1..100, resize-pad max_scale in (1, 2], token-dropout p in [0, 1).")
+                        f"jpeg quality in 1..100, resize-pad max_scale in (1, 2], noise sigma in (0, 2], token-dropout p in [0, 1).")
 
 
 def check_modality(defence: dict | None, modality: str) -> None:
@@ -136,6 +140,8 @@ def image_transform(defence: dict, bpda: bool = False):
         return (lambda x: _straight_through(x, jpeg(x, o["quality"]))) if bpda else (lambda x: jpeg(x, o["quality"]))
     if name == "resize-pad":
         return lambda x: resize_pad(x, o["max_scale"])
+    if name == "noise":
+        return lambda x: x + o["sigma"] * torch.randn_like(x)
     raise XferError(f"{name} is not an image defence.")
 
 
