@@ -217,3 +217,11 @@ def test_cli_export_onnx_refuses_to_overwrite(monkeypatch, capsys, image_run, im
     code, _, err = run_main(monkeypatch, capsys, "export", str(image_run), "--format", "onnx", "--out",
                             str(image_onnx))
     assert code == 2 and "--overwrite" in err
+
+
+def test_quantising_leaves_no_files_in_the_working_directory(text_onnx, tmp_path, monkeypatch):
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    quantize_onnx(Path(text_onnx) / ONNX_MODEL, tmp_path / "q.onnx", "dynamic")
+    assert list(work.iterdir()) == []

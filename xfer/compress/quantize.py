@@ -32,11 +32,20 @@ def preprocess(src: Path, dst: Path) -> Path:
     del model.graph.value_info[:]
     stripped = dst.with_name(dst.stem + ".stripped.onnx")
     onnx.save(model, str(stripped))
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(stripped), str(dst), skip_symbolic_shape=False)
-    except Exception:  # symbolic shape inference fails on some graphs; the stripped graph quantises as it is
-        return stripped
+    import os
+    import tempfile
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        # ONNX Runtime's symbolic shape inference dumps its partial graph into the working directory when it fails
+        os.chdir(scratch)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(stripped.resolve()), str(dst.resolve()), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some graphs; the stripped graph quantises as it is
+            return stripped
+        finally:
+            os.chdir(cwd)
     stripped.unlink(missing_ok=True)
     return dst
 
