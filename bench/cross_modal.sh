@@ -25,12 +25,14 @@ for DATA in rotten_tomatoes reuters_r8; do
   # 3. Another ImageNet CNN, and the text source.
   $X fit --data builtin:$DATA --source efficientnet_lite0 --strategy full --epochs $EPOCHS --out $O/efficientnet \
       "${TINY[@]}"
+  $X fit --data builtin:$DATA --source random:efficientnet_lite0 --strategy full --epochs $EPOCHS \
+      --out $O/efficientnet-scratch "${TINY[@]}"
   $X fit --data builtin:$DATA --source all-MiniLM-L6-v2 --out $O/minilm "${TINY[@]}"
   # 4. Classical baseline.
   $PY bench/tfidf_baseline.py --data builtin:$DATA ${SMOKE:+--smoke}
 done
 for DATA in rotten_tomatoes reuters_r8; do
-  for R in $RUNS/xm-$DATA/compare/* $RUNS/xm-$DATA/scratch $RUNS/xm-$DATA/efficientnet $RUNS/xm-$DATA/minilm; do
+  for R in $RUNS/xm-$DATA/compare/* $RUNS/xm-$DATA/scratch $RUNS/xm-$DATA/efficientnet $RUNS/xm-$DATA/efficientnet-scratch $RUNS/xm-$DATA/minilm; do
     [ -f "$R/spec.json" ] && echo "$DATA $(basename "$R"): $($X eval "$R" --json | $PY -c 'import json,sys; print("test accuracy", json.load(sys.stdin)["test.accuracy"])')"
   done
 done
