@@ -22,5 +22,5 @@ fi
 $X robust $RUNS/r-plain --out $RUNS/robust-plain --eps $EPS --steps $STEPS --defences blur,bits,jpeg,resize-pad --eot 4 --limit $LIMIT
 $X robust $RUNS/r-adv --out $RUNS/robust-adv --eps $EPS --steps $STEPS --defences "" --limit $LIMIT
 $X robust $RUNS/r-noise --out $RUNS/robust-noise --eps $EPS --steps $STEPS --eot 4 --limit $LIMIT --certify --sigma 0.25 -n $N
-$X robust $RUNS/r-plain --out $RUNS/robust-plain-certify --eps 0 --defences "" --limit $LIMIT --certify --sigma 0.25 -n $N
+
 $X robust ${TEXT_RUN:-$RUNS/c-rt} --out $RUNS/robust-rt --rates $RATES --defences lookalikes,spelling,token-dropout --limit $TLIMIT
