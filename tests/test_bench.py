@@ -25,9 +25,14 @@ SHELL_SCRIPTS = {
     "rank_sources.sh": "Kendall's tau",
     "search_bench.sh": "best configuration",
     "cross_modal.sh": "reuters_r8 scratch: test accuracy",
-    "compress.sh": "compress-rt/compress.json",
-    "robust.sh": "robust-rt/robust.json",
+    "compress.sh": "written:",
+    "robust.sh": "written:",
 }
+
+# Tables the scripts must leave behind (their printed paths may be wrapped by the console).
+OUTPUTS = {"compress.sh": ("compress-mnist/compress.json", "compress-rt/compress.json"),
+           "robust.sh": ("robust-plain/robust.json", "robust-adv/robust.json", "robust-noise/robust.json",
+                         "robust-rt/robust.json")}
 
 
 def test_every_bench_script_is_covered():
@@ -54,3 +59,5 @@ def test_shell_bench_script_runs(script, tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert SHELL_SCRIPTS[script] in proc.stdout
+    for name in OUTPUTS.get(script, ()):
+        assert (tmp_path / "runs" / name).is_file(), name
