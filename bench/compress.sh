@@ -18,8 +18,8 @@ if [ -n "${SMOKE:-}" ]; then
   exit 0
 fi
 # The two runs of the embedded default job (`xfer demo`): MNIST-5k (MobileNet-V2, full) and Rotten Tomatoes (MiniLM, lp-ft).
-[ -f $RUNS/c-mnist/spec.json ] || $X fit --data builtin:mnist5k --out $RUNS/c-mnist --quiet
-[ -f $RUNS/c-rt/spec.json ] || $X fit --data builtin:rotten_tomatoes --max-length 64 --out $RUNS/c-rt --quiet
+[ -f $RUNS/c-mnist/spec.json ] || $X fit --data builtin:mnist5k --strategy full --image-size 64 --baseline --out $RUNS/c-mnist --quiet
+[ -f $RUNS/c-rt/spec.json ] || $X fit --data builtin:rotten_tomatoes --max-length 64 --epochs 1 --baseline --out $RUNS/c-rt --quiet
 $X compress $RUNS/c-mnist --out $RUNS/compress-mnist --int8 static --prune 0.3 --recover-epochs 1 --threads $THREADS --overwrite
 $X compress $RUNS/c-rt --out $RUNS/compress-rt --int8 dynamic --distill all-MiniLM-L6-v2 --student-layers 3 \
     --distill-epochs 2 --threads $THREADS --overwrite
