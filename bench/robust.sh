@@ -16,6 +16,8 @@ if [ -n "${SMOKE:-}" ]; then
   { echo "text,label"; for i in $(seq 1 20); do echo "\"a moving, wonderful film $i\",fresh"; echo "\"dull and lifeless $i\",rotten"; done; } > "$RUNS/tiny.csv"
   [ -f $RUNS/c-rt/spec.json ] || $X fit --data "$RUNS/tiny.csv" --max-length 16 --epochs 1 --lp-epochs 1 --min-steps 0 --out $RUNS/c-rt --quiet
 fi
+# The text run of `xfer demo` (bench/compress.sh makes the same one)
+[ -f $RUNS/c-rt/spec.json ] || $X fit --data builtin:rotten_tomatoes --max-length 64 --epochs 1 --out $RUNS/c-rt --quiet
 [ -f $RUNS/r-plain/spec.json ] || $X fit "${FIT[@]}" --epochs $EPOCHS --out $RUNS/r-plain --quiet
 [ -f $RUNS/r-adv/spec.json ] || $X fit "${FIT[@]}" --epochs $EPOCHS --adversarial pgd --adv-eps 0.1 --adv-steps 3 --out $RUNS/r-adv --quiet
 [ -f $RUNS/r-noise/spec.json ] || $X fit "${FIT[@]}" --epochs $EPOCHS --noise-sigma 0.25 --out $RUNS/r-noise --quiet
