@@ -71,9 +71,9 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     for note in prep.task.notes[len(task.notes):]:  # what rendering text as images lost, if it did
         log(f"[yellow]note:[/] {note}")
     model, data, task = prep.model, prep.datasets, prep.task  # task: rendered for text-as-image
+    hooks = tuple(hooks) + robust_hooks(cfg, prep.spec)  # first: its error names the option the user gave
     check_modality(defence, prep.spec["modality"])
     prep.spec["defence"] = defence
-    hooks = tuple(hooks) + robust_hooks(cfg, prep.spec)
     plan = make_plan(cfg.strategy, cfg)
     if resume is not None:
         log(f"resuming from {ckpt} (phase {resume.phase + 1}/{len(plan.phases)}"
