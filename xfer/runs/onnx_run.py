@@ -17,6 +17,7 @@ from xfer.data.arrays import image_batch, load_fast_tokenizer, token_batch
 from xfer.data.render import render_inputs
 from xfer.data.task import Split
 from xfer.errors import XferError
+from xfer.runs.answers import answers, checked_inputs, labelled_split
 from xfer.runs.folder import ONNX_MODEL, RunFolder
 
 ONNX_RUNTIME = "onnx"
@@ -80,37 +81,19 @@ class OnnxRun:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
     def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
-        items = list(inputs)
+        items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
-        if self.reads_text:
-            empty = [i for i, t in enumerate(items) if not str(t).strip()]
-            if empty:
-                raise XferError(f"Input(s) {empty[:10]} are empty strings; give non-empty text.")
-            items = [str(t) for t in items]
-        else:
-            missing = [str(p) for p in items if not isinstance(p, np.ndarray) and not Path(p).is_file()]
-            if missing:
-                raise XferError(f"Image file(s) not found: {', '.join(missing[:10])}.")
         logits = self.logits(items, batch_size)
         probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        top = probs.argmax(1)
-        return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": self.labels[int(k)],
-                 "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+        return answers(items, probs / probs.sum(1, keepdims=True), self.labels)
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""
-        from xfer.data.readers import read_labelled
         from xfer.fitting.evaluate import classification_metrics
 
-        items, raw = read_labelled(data, **columns)
-        index = {lab: i for i, lab in enumerate(self.labels)}
-        unknown = sorted(set(raw) - set(index))
-        if unknown:
-            raise XferError(f"{data} has labels the model does not know: {unknown[:10]}. Known: {list(self.labels)}.")
-        y = np.array([index[v] for v in raw], dtype=np.int64)
-        return classification_metrics(y, self.logits(items).argmax(1), self.labels)
+        split = labelled_split(data, self.labels, **columns)
+        return classification_metrics(split.labels, self.logits(split.items).argmax(1), self.labels)
 
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxRun:

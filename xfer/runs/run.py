@@ -12,12 +12,12 @@ import torch
 
 from xfer.data.loaders import ImageBatches, TextBatches, batches, load_tokenizer, prep_from_dict
 from xfer.data.render import render_inputs
-from xfer.data.readers import read_labelled
 from xfer.data.task import Split
 from xfer.errors import XferError
 from xfer.fitting.device import make_accelerator, place, predict_logits
 from xfer.fitting.evaluate import classification_metrics
 from xfer.models import TransferModel, apply_pruned, build_from_spec
+from xfer.runs.answers import answers, checked_inputs, labelled_split
 from xfer.runs.folder import RunFolder
 from xfer.transfer import TransferReport
 
@@ -78,33 +78,16 @@ class Run:
 
     def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
         """Predict labels for image paths / arrays (image runs) or strings (text runs)."""
-        items = list(inputs)
+        items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
-        if self.reads_text:
-            empty = [i for i, t in enumerate(items) if not str(t).strip()]
-            if empty:
-                raise XferError(f"Input(s) {empty[:10]} are empty strings; give non-empty text.")
-            items = [str(t) for t in items]
-        else:
-            missing = [str(p) for p in items if not isinstance(p, np.ndarray) and not Path(p).is_file()]
-            if missing:
-                raise XferError(f"Image file(s) not found: {', '.join(missing[:10])}.")
         probs = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size).softmax(1)
-        top = probs.argmax(1)
-        return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": self.labels[int(k)],
-                 "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+        return answers(items, probs.numpy(), self.labels)
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""
-        items, raw = read_labelled(data, **columns)
-        index = {lab: i for i, lab in enumerate(self.labels)}
-        unknown = sorted(set(raw) - set(index))
-        if unknown:
-            raise XferError(f"{data} has labels the model does not know: {unknown[:10]}. Known: {list(self.labels)}.")
-        y = np.array([index[v] for v in raw], dtype=np.int64)
-        logits = self.logits(Split(items, y))
-        return classification_metrics(y, logits.argmax(1).numpy(), self.labels)
+        split = labelled_split(data, self.labels, **columns)
+        return classification_metrics(split.labels, self.logits(split).argmax(1).numpy(), self.labels)
 
 
 def load(path: str | Path) -> Run:

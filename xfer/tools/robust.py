@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from xfer.compress.retrain import run_task
-from xfer.data.readers import read_labelled
 from xfer.data.task import Split
 from xfer.errors import XferError
+from xfer.runs.answers import labelled_split
 from xfer.runs.folder import atomic_write, write_json
 from xfer.runs.run import Run, load
 from xfer.robust.attacks import ATTACKS, attack, predictions
@@ -33,15 +33,7 @@ RESULT = "robust.json"
 
 def evaluation_split(run: Run, data: str | None, limit: int | None, seed: int = 0) -> Split:
     """The run's own test split (or a labelled file), a seeded sample of at most `limit` examples."""
-    if data is None:
-        split = run_task(run)[1].test
-    else:
-        items, raw = read_labelled(data)
-        index = {lab: i for i, lab in enumerate(run.labels)}
-        unknown = sorted(set(raw) - set(index))
-        if unknown:
-            raise XferError(f"{data} has labels the model does not know: {unknown[:10]}. Known: {list(run.labels)}.")
-        split = Split(list(items), np.array([index[v] for v in raw], dtype=np.int64))
+    split = run_task(run)[1].test if data is None else labelled_split(data, run.labels)
     if limit and len(split) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(len(split), size=limit, replace=False))
         split = Split([split.items[i] for i in idx], split.labels[idx])
