@@ -293,7 +293,14 @@ def transfer_attack(texts: Sequence[str], labels, proba_attack: Proba, proba_eva
     predictions; "queries" are the crafting queries."""
     texts, labels = _check_inputs(texts, labels)
     crafted = greedy_attack(texts, labels, proba_attack, kinds, rate, candidates, seed, return_texts=True)
-    pred = _score(proba_eval, texts + crafted["texts"], labels).argmax(1)
+    return transferred(texts, labels, crafted, proba_eval)
+
+
+def transferred(texts: Sequence[str], labels, crafted: dict, proba_eval: Proba) -> dict:
+    """Texts a `greedy_attack(..., return_texts=True)` crafted against one scorer, scored by another (the naive
+    attack on a defence), counted from `proba_eval`'s clean predictions; "queries" are the crafting queries."""
+    texts, labels = _check_inputs(texts, labels)
+    pred = _score(proba_eval, texts + list(crafted["texts"]), labels).argmax(1)
     n = len(texts)
     return _summary(pred[:n] == labels, pred[n:] == labels, queries=crafted["queries"])
 
@@ -479,7 +486,9 @@ def attack_defended(texts: Sequence[str], labels, proba: Proba, defence: str, op
     transfer of a noise-free search, which is why the robust accuracy is the worse of the two.
     """
     defended = apply_text_defence(defence, options, proba, vocabulary)
-    naive = transfer_attack(texts, labels, proba, defended, kinds, rate, candidates, seed)
+    crafted = greedy_attack(texts, labels, proba, kinds, rate, candidates, seed, return_texts=True)
+    naive = transferred(texts, labels, crafted, defended)
     adaptive = greedy_attack(texts, labels, defended, kinds, rate, candidates, seed)
-    return {"undefended": greedy_attack(texts, labels, proba, kinds, rate, candidates, seed), "naive": naive,
-            "adaptive": adaptive, "robust_accuracy": min(naive["accuracy"], adaptive["accuracy"])}
+    undefended = {k: v for k, v in crafted.items() if k != "texts"}
+    return {"undefended": undefended, "naive": naive, "adaptive": adaptive,
+            "robust_accuracy": min(naive["accuracy"], adaptive["accuracy"])}

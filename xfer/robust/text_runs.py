@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from xfer.data.task import Split
-from xfer.robust.text import (CHAR_KINDS, WORD_KINDS, apply_text_defence, attack_defended, greedy_attack,
-                              random_attack)
+from xfer.robust.text import (CHAR_KINDS, WORD_KINDS, apply_text_defence, greedy_attack, random_attack,
+                              transferred)
 
 GROUPS = {"char": CHAR_KINDS, "word": WORD_KINDS}
 
@@ -40,19 +40,24 @@ def scorer(run, batch_size: int = 64, precision: str = "auto") -> Callable[[list
     return proba
 
 
-def defended_scorer(run, defence: dict, batch_size: int = 64, precision: str = "auto"):
+def defended_scorer(run, defence: dict, proba: Callable[[list[str]], np.ndarray] | None = None, seed: int = 0,
+                    vocab: set[str] | None = None):
+    """The scorer behind a text defence (`proba`: the undefended scorer, default the run's own; `vocab`: the
+    spelling defence's dictionary, default the run's tokenizer's). A randomised defence draws from its own
+    generator, seeded here."""
     options = dict(defence["options"])
     if defence["name"] == "token-dropout":
-        options.update(draws=defence["draws"], seed=0)
-    vocab = vocabulary(run) if defence["name"] == "spelling" else None
-    return apply_text_defence(defence["name"], options, scorer(run, batch_size, precision), vocab)
+        options.update(draws=defence["draws"], seed=seed)
+    if defence["name"] == "spelling" and vocab is None:
+        vocab = vocabulary(run)
+    return apply_text_defence(defence["name"], options, proba or scorer(run), vocab)
 
 
 def defended_logits(run, split: Split, defence: dict, batch_size: int = 64, precision: str = "auto") -> torch.Tensor:
     """Log-probabilities behind a text defence (a randomised one averaged over its draws, seeded: repeatable)."""
     if not len(split):
         return torch.zeros((0, len(run.labels)))
-    probs = defended_scorer(run, defence, batch_size, precision)([str(t) for t in split.items])
+    probs = defended_scorer(run, defence, scorer(run, batch_size, precision))([str(t) for t in split.items])
     return torch.log(torch.as_tensor(probs, dtype=torch.float32) + 1e-12)
 
 
@@ -71,14 +76,11 @@ def text_robustness(run, split: Split, attacks: Sequence[str] | None, rates: Seq
         raise XferError(f"--rates are edits per word, above 0 and at most 1, got {list(rates)}.")
     texts, labels = [str(t) for t in split.items], np.asarray(split.labels)
     proba = scorer(run)
+    vocab = vocabulary(run) if any(d["name"] == "spelling" for d in defences) else None
     clean = float((proba(texts).argmax(1) == labels).mean())
     rows = []
     for d in defences:  # the defence's cost on clean inputs
-        options = dict(d["options"])
-        if d["name"] == "token-dropout":
-            options.update(draws=d["draws"], seed=seed)
-        defended = apply_text_defence(d["name"], options, proba, vocabulary(run) if d["name"] == "spelling" else None)
-        acc = float((defended(texts).argmax(1) == labels).mean())
+        acc = float((defended_scorer(run, d, proba, seed, vocab)(texts).argmax(1) == labels).mean())
         rows.append({"attack": "none", "eps": 0.0, "defence": d["name"], "adaptive": False, "accuracy": acc,
                      "attack_success_rate": 0.0})
     for rate in rates:
@@ -86,21 +88,15 @@ def text_robustness(run, split: Split, attacks: Sequence[str] | None, rates: Seq
             for kind in GROUPS[group]:
                 r = random_attack(texts, labels, proba, kind, rate, seed)
                 rows.append(_row(f"random-{kind}", rate, None, False, r))
-            if not defences:
-                r = greedy_attack(texts, labels, proba, GROUPS[group], rate, candidates, seed)
-                rows.append(_row(f"greedy-{group}", rate, None, False, r))
+            # Crafted once against the plain model: its own row, and the naive attack on every defence.
+            crafted = greedy_attack(texts, labels, proba, GROUPS[group], rate, candidates, seed, return_texts=True)
+            rows.append(_row(f"greedy-{group}", rate, None, False, crafted))
             for d in defences:
-                options = dict(d["options"])
-                if d["name"] == "token-dropout":
-                    options.update(draws=d["draws"], seed=seed)
-                res = attack_defended(texts, labels, proba, d["name"], options, kinds=GROUPS[group], rate=rate,
-                                      candidates=candidates, seed=seed,
-                                      vocabulary=vocabulary(run) if d["name"] == "spelling" else None)
-                if not any(x["attack"] == f"greedy-{group}" and x["eps"] == rate and x["defence"] is None
-                           for x in rows):
-                    rows.append(_row(f"greedy-{group}", rate, None, False, res["undefended"]))
-                rows.append(_row(f"greedy-{group}", rate, d["name"], False, res["naive"]))
-                rows.append(_row(f"greedy-{group}", rate, d["name"], True, res["adaptive"]))
+                defended = defended_scorer(run, d, proba, seed, vocab)
+                rows.append(_row(f"greedy-{group}", rate, d["name"], False,
+                                 transferred(texts, labels, crafted, defended)))
+                rows.append(_row(f"greedy-{group}", rate, d["name"], True,
+                                 greedy_attack(texts, labels, defended, GROUPS[group], rate, candidates, seed)))
             log(f"rate {rate:g} {group}: " + ", ".join(f"{x['attack']}{'+' + x['defence'] if x['defence'] else ''}"
                                                      f"{'(adaptive)' if x['adaptive'] else ''} {x['accuracy']:.3f}"
                                                      for x in rows if x["eps"] == rate))
