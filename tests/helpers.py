@@ -52,3 +52,9 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = e.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# A real ImageNet MobileNet-V2 fitted for seconds on the conftest image folder: runs for export, compression and
+# robustness tests.
+TINY_IMAGE_FIT = dict(source="mobilenet_v2", strategy="full", epochs=1, image_size=32, batch_size=8,
+                      val_fraction=0.25, test_fraction=0.25, min_steps=0, quiet=True)

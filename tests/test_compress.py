@@ -21,7 +21,7 @@ from xfer.runs.folder import ONNX_MODEL, RunFolder
 from xfer.runs.onnx_run import load_onnx
 from xfer.tools.compress import TABLE, compress, export_onnx_run
 
-from helpers import run_main
+from helpers import TINY_IMAGE_FIT, run_main
 
 ROW_KEYS = {"variant", "size_mb", "params", "test_accuracy", "latency_ms_b1_p50", "latency_ms_b1_p95",
             "latency_ms_b32_p50", "path"}
@@ -59,8 +59,7 @@ def test_fast_tokenizer_batches_equal_the_training_tokenisation(minilm_dir):
 @pytest.fixture(scope="module")
 def image_run(image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress") / "image-run"
-    xfer.fit(data=str(image_folder), source="mobilenet_v2", strategy="full", epochs=1, image_size=32, batch_size=8,
-             val_fraction=0.25, test_fraction=0.25, min_steps=0, out=str(out), quiet=True)
+    xfer.fit(data=str(image_folder), out=str(out), **TINY_IMAGE_FIT)
     return out
 
 

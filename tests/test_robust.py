@@ -17,14 +17,15 @@ from xfer.robust.smoothing import certified_accuracy, certify, lower_confidence_
 from xfer.robust.training import AdversarialExamples, GaussianNoise
 from xfer.tools.robust import robust
 
+from helpers import TINY_IMAGE_FIT
+
 PREP = {"mean": [0.5], "std": [0.25]}
 
 
 @pytest.fixture(scope="module")
 def image_run(image_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("robust") / "run"
-    xfer.fit(data=str(image_folder), source="mobilenet_v2", strategy="full", epochs=2, image_size=32, batch_size=8,
-             val_fraction=0.25, test_fraction=0.25, min_steps=10, out=str(out), quiet=True)
+    xfer.fit(data=str(image_folder), out=str(out), **{**TINY_IMAGE_FIT, "epochs": 2, "min_steps": 10})
     return out
 
 
@@ -151,9 +152,7 @@ def test_noise_and_adversarial_hooks_perturb_pixels_as_promised():
 
 def test_a_defence_saved_in_a_run_is_applied_by_predict(image_folder, tmp_path):
     out = tmp_path / "defended"
-    fitted = xfer.fit(data=str(image_folder), source="mobilenet_v2", strategy="full", epochs=1, image_size=32,
-                      batch_size=8, val_fraction=0.25, test_fraction=0.25, min_steps=0, defence="bits:1",
-                      out=str(out), quiet=True)
+    fitted = xfer.fit(data=str(image_folder), defence="bits:1", out=str(out), **TINY_IMAGE_FIT)
     assert fitted.metrics["defended"]["defence"]["name"] == "bits"
     run = xfer.load(out)
     assert run.spec["defence"] == {"name": "bits", "modality": "image", "options": {"bits": 1}, "draws": 1}
