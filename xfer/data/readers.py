@@ -1,4 +1,5 @@
-"""Read the user's data into a Task: image folders, CSV/TSV/JSONL tables, built-in sets; then split it."""
+"""Read the user's data into a Task: image folders, CSV/TSV/JSONL/Parquet/Arrow tables, built-in sets, Hugging Face
+data sets (data/hub.py); then split it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "body", "snippet")
 IMAGE_COLUMNS = ("image", "image_path", "path", "file", "filename", "filepath")
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl")
+ARROW_SUFFIXES = (".parquet", ".arrow", ".feather")  # columnar files, read through pyarrow
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", *ARROW_SUFFIXES)
 MAX_BAD_IMAGE_FRACTION = 0.05  # skip unreadable images up to this share, fail beyond it
 MAX_SEED = 2**32 - 1  # sklearn takes 32-bit seeds
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what ends a line in a table; str.splitlines also splits at U+2028, \x1c, ...
@@ -60,6 +62,11 @@ def load_task(
         if own is not None:
             own_test = own
         notes: list[str] = []
+    elif data.startswith("hf:"):  # a Hugging Face data set, with its own validation/test splits where it has them
+        from xfer.data.hub import load_hf_data
+
+        modality, items, raw, own_val, own_test, notes = load_hf_data(data, **columns)
+        val_from, test_from = f"{data} (validation split)", f"{data} (test split)"
     else:
         path = _existing(data, "data")
         if path.is_dir() and (path / "train").is_dir():
@@ -130,6 +137,12 @@ def read_labelled(data: str, **columns) -> tuple[list, list[str]]:
     if data.startswith("builtin:"):
         raise XferError("Give a labelled file or folder to evaluate on; a built-in set's test metrics are already "
                         "in the run's metrics.json (`xfer eval RUN` without --data shows them).")
+    if data.startswith("hf:"):  # its test split (else its validation split, else train)
+        from xfer.data.hub import load_hf_data
+
+        _, items, raw, own_val, own_test, _ = load_hf_data(data, **columns)
+        labelled = own_test or own_val or (items, raw)
+        return list(labelled[0]), list(labelled[1])
     path = _existing(data, "data")
     _, items, raw, _ = _read_image_folder(path) if path.is_dir() else _read_table(path, **columns)
     if not items:
@@ -201,7 +214,7 @@ def _existing(p: str, what: str) -> Path:
         raise XferError(f"{what} path {_short(p)!r} cannot be looked up ({e.strerror or e}). Check the path.") from e
     if not exists:
         raise XferError(f"{what} path {_short(p, 200)!r} does not exist. Give an image folder, a .csv/.tsv/.jsonl "
-                        f"file, or builtin:<name> ({', '.join(BUILTINS)}).")
+                        f"file, builtin:<name> ({', '.join(BUILTINS)}) or hf:<dataset>[:config].")
     return path
 
 
@@ -418,6 +431,39 @@ def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[dict], list[int]
     return list(dict.fromkeys(k for r in rows for k in r)), rows, line_nos
 
 
+def _arrow_rows(path: Path) -> tuple[list[str], list[dict], list[int]]:
+    """Columns and rows of a Parquet file or an Arrow IPC file (Feather v2; the stream format too, as `datasets`
+    writes it). Row numbers stand in for line numbers, counted from 1."""
+    try:
+        import pyarrow as pa
+        import pyarrow.feather
+        import pyarrow.parquet
+    except ImportError as e:
+        raise XferError(f"Reading {path} needs pyarrow; install it with `pip install pyarrow`, or give a .csv "
+                        "or .jsonl table.") from e
+    try:
+        if path.suffix.lower() == ".parquet":
+            table = pyarrow.parquet.read_table(path)
+        else:
+            try:
+                table = pyarrow.feather.read_table(path)
+            except pa.ArrowInvalid:  # not the IPC file format: maybe the stream format
+                with pa.OSFile(str(path)) as f:
+                    table = pa.ipc.open_stream(f).read_all()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        kind = "a Parquet" if path.suffix.lower() == ".parquet" else "an Arrow IPC / Feather"
+        raise XferError(f"{path} cannot be read as {kind} file ({type(e).__name__}: {_short(str(e), 160)}). "
+                        "The file is corrupt or of another format; write it again, or give a .csv or .jsonl "
+                        "table.") from e
+    columns = [str(c) for c in table.column_names]
+    if len(set(columns)) < len(columns):
+        repeated = sorted(c for c, n in Counter(columns).items() if n > 1)
+        raise XferError(f"{path} has the column name(s) {_show(repeated)} more than once. Rename the columns so "
+                        "each name is used once.")
+    rows = table.to_pylist()
+    return columns, rows, list(range(1, len(rows) + 1))
+
+
 def _cell(row: dict, column: str, path: Path, line: int) -> str | None:
     """A cell as text (None if missing); a JSON array or object is not one label or one text, so it is an error."""
     value = row.get(column)
@@ -440,19 +486,9 @@ def _image_path(folder: Path, cell: str | None) -> Path | None:
         return None
 
 
-def _read_table(path: Path, text_column=None, image_column=None, label_column=None):
-    """(modality, items, labels, notes) of a CSV/TSV/JSONL table: every row is one example, or the table is refused
-    with the reason (only missing or unreadable images may be skipped, a few of them and with a note)."""
-    suffix = path.suffix.lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise XferError(f"{path}: unsupported data file type {suffix!r}; use .csv, .tsv, .jsonl or an image folder.")
-    text = _decode(path)
-    if suffix == ".jsonl":
-        columns, rows, line_nos = _jsonl_rows(path, text)
-    else:
-        columns, rows, line_nos = _csv_rows(path, text, "\t" if suffix == ".tsv" else ",")
-    if not rows:
-        raise XferError(f"{path} has no data rows.")
+def choose_columns(columns: list[str], path, text_column=None, image_column=None, label_column=None):
+    """(label, image, text) column of a table whose columns are `columns`: the ones named, else found by name (one
+    of them is None); `path` names the table in messages."""
     if text_column is not None and image_column is not None:
         raise XferError(f"Give a text column or an image column for {path}, not both "
                         f"({text_column!r} and {image_column!r}).")
@@ -474,6 +510,25 @@ def _read_table(path: Path, text_column=None, image_column=None, label_column=No
     if label_col in (text_col, image_col):
         raise XferError(f"{path}: column {_short(label_col)!r} cannot be both the label and the "
                         f"{'text' if text_col is not None else 'image'} column. Name two different columns.")
+    return label_col, image_col, text_col
+
+
+def _read_table(path: Path, text_column=None, image_column=None, label_column=None):
+    """(modality, items, labels, notes) of a CSV/TSV/JSONL/Parquet/Arrow table: every row is one example, or the table is refused
+    with the reason (only missing or unreadable images may be skipped, a few of them and with a note)."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise XferError(f"{path}: unsupported data file type {suffix!r}; use .csv, .tsv, .jsonl, .parquet, .arrow, "
+                        ".feather or an image folder.")
+    if suffix in ARROW_SUFFIXES:
+        columns, rows, line_nos = _arrow_rows(path)
+    elif suffix == ".jsonl":
+        columns, rows, line_nos = _jsonl_rows(path, _decode(path))
+    else:
+        columns, rows, line_nos = _csv_rows(path, _decode(path), "\t" if suffix == ".tsv" else ",")
+    if not rows:
+        raise XferError(f"{path} has no data rows.")
+    label_col, image_col, text_col = choose_columns(columns, path, text_column, image_column, label_column)
     labels = [_cell(r, label_col, path, n) for r, n in zip(rows, line_nos)]
     missing = [n for lab, n in zip(labels, line_nos) if lab is None or not lab.strip()]
     if missing:
