@@ -16,6 +16,7 @@ from xfer.errors import XferError
 OPTIMIZERS = ("adamw", "adam", "sgd")
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 BN_POLICIES = ("auto", "frozen", "train")
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers of --log-with (fitting/tracking.py)
 
 # Defaults that depend on the modality; None in FitConfig means "take these".
 MODALITY_DEFAULTS = {
@@ -60,6 +61,7 @@ class FitConfig:
     lp_epochs: int | None = None
     lp_lr: float | None = None
     partial_blocks: int = 2
+    top_blocks: int | None = None  # fine-tuning phases train only the top N blocks and the head (None: all)
     dropout: float | None = None
     encoder_dropout: float | None = None  # text encoders' own dropout; None keeps the source's
     freeze_embeddings: bool | None = None  # keep token/position embedding tables fixed (text default)
@@ -94,6 +96,7 @@ class FitConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | no
     channels_last: bool = True
     num_workers: int = 0
+    cache_frozen_layers: bool = True  # text: compute frozen lower encoder layers once, train the layers above
     time_budget: float | None = None  # seconds of training (all phases); a phase stops when it is spent
     seed: int = 0
     # evaluation and output
@@ -103,6 +106,8 @@ class FitConfig:
     checkpoint: bool = True  # keep a checkpoint after every epoch beside the run folder, for --resume
     resume: bool = False  # continue an interrupted fit from its checkpoint (same options, same --out)
     quiet: bool = False
+    log_with: str | None = None  # experiment trackers, comma-separated: tensorboard, mlflow, wandb (or none)
+    log_dir: str | None = None  # where trackers write (None: logs/ beside the run folder)
 
     def __post_init__(self) -> None:
         # Every FitConfig is checked where it is made (flags, YAML, Python, a search's trial), before any data or
@@ -121,7 +126,8 @@ class FitConfig:
 
 FIELDS = {f.name for f in fields(FitConfig)}
 # Options that change nothing that is computed: a run made with other values of these is still the same run.
-RESUME_FREE = frozenset({"out", "overwrite", "resume", "quiet", "checkpoint", "num_workers"})
+RESUME_FREE = frozenset({"out", "overwrite", "resume", "quiet", "checkpoint", "num_workers", "cache_frozen_layers"})
+RESUME_FREE |= {"log_with", "log_dir"}  # trackers watch a fit; they change nothing in it
 COMPARE_STRATEGIES = ("linear-probe", "lp-ft", "full", "layer-decay", "l2-sp", "bitfit", "lora")
 
 
@@ -189,7 +195,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "render_font_size": (lambda v: 4 <= v <= 256, "between 4 and 256 pixels"),
     "render_max_chars": _at_least_1,
     "epochs": _at_least_1, "lr": _positive, "lp_epochs": _at_least_1, "lp_lr": _positive,
-    "partial_blocks": _at_least_1, "dropout": _fraction, "encoder_dropout": _fraction,
+    "partial_blocks": _at_least_1, "top_blocks": _at_least_1, "dropout": _fraction, "encoder_dropout": _fraction,
     "layer_decay": (lambda v: 0 < v <= 1, "above 0 and at most 1"), "unfreeze_factor": (lambda v: v >= 1, "at least 1"),
     "l2sp_alpha": _at_least_0, "l2sp_beta": _at_least_0, "peft_lr": _positive, "lora_r": _at_least_1,
     "lora_alpha": _positive, "lora_dropout": _fraction, "batch_size": (lambda v: 1 <= v <= 65536, "between 1 and 65536"),
@@ -198,6 +204,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_workers": _at_least_0, "time_budget": _positive, "defence_draws": _at_least_1,
     "noise_sigma": (lambda v: 0 < v <= 2, "above 0 and at most 2 (pixel units)"),
     "adv_eps": (lambda v: 0 < v <= 1, "above 0 and at most 1 (pixel units)"), "adv_steps": _at_least_1, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
+    "log_with": (lambda v: all(p.strip().lower() in ("none", *TRACKERS) for p in v.split(",")),
+                 "none or comma-separated names among " + ", ".join(TRACKERS)),
 }
 CHOICES = {"optimizer": OPTIMIZERS, "precision": PRECISIONS, "bn_policy": BN_POLICIES, "render_mode": ("L", "RGB"),
            "adversarial": ("fgsm", "pgd")}
@@ -253,7 +261,8 @@ def check_options(values: dict) -> dict:
 
 
 HELP = {
-    "data": "image folder (one sub-folder per class), .csv/.tsv/.jsonl table, or builtin:mnist5k|rotten_tomatoes|reuters_r8",
+    "data": "image folder (one sub-folder per class), .csv/.tsv/.jsonl/.parquet/.arrow/.feather table, "
+            "builtin:mnist5k|rotten_tomatoes|reuters_r8, or hf:<dataset>[:config]",
     "val": "explicit validation file (same columns as --data)",
     "test": "explicit test file (same columns as --data)",
     "text_column": "text column of a table (default: text, sentence, review, ...)",
@@ -279,6 +288,8 @@ HELP = {
     "lp_epochs": "linear-probe epochs on cached features (10)",
     "lp_lr": "linear-probe learning rate (3e-3)",
     "partial_blocks": "partial: how many of the last backbone blocks train",
+    "top_blocks": "fine-tuning phases (lp-ft, full, layer-decay, l2-sp, wise-ft) train only the top N backbone "
+                  "blocks (text: encoder layers) and the head (text default 3 of MiniLM's 6; image: all)",
     "dropout": "dropout before the head (image 0, text 0.1)",
     "encoder_dropout": "text: the encoder's own hidden/attention dropout (default 0: ~1.4x faster CPU steps; see README)",
     "freeze_embeddings": "keep token/position embedding tables fixed while fine-tuning (text: on)",
@@ -316,6 +327,8 @@ HELP = {
     "channels_last": "channels-last memory format for CNNs",
     "time_budget": "wall-clock training budget in seconds (or 90s, 5m, 1h): training stops when it is spent",
     "num_workers": "data loader worker processes",
+    "cache_frozen_layers": "text: when the lower encoder layers are frozen (top-blocks, partial), compute their "
+                           "outputs once and train only the layers above (same result, fewer FLOPs)",
     "seed": "random seed (splits, initialisation, batches)",
     "baseline": "also train the same architecture from scratch with the same budget and report the gain",
     "out": "run folder (default: runs/<data>-<source>-<strategy>-<time>)",
@@ -323,4 +336,8 @@ HELP = {
     "checkpoint": "keep a checkpoint after every epoch (<out>.checkpoint), removed when the run is saved",
     "resume": "continue an interrupted fit from <out>.checkpoint (same options and --out)",
     "quiet": "print nothing but errors",
+    "log_with": "log the config, every epoch and the final metrics to experiment trackers: tensorboard, mlflow, "
+                "wandb (comma-separated; none: off)",
+    "log_dir": "folder the trackers write to (default: logs/ beside the run folder, e.g. runs/logs; MLflow: "
+               "mlflow.db there unless MLFLOW_TRACKING_URI is set)",
 }

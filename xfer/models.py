@@ -24,17 +24,67 @@ class TransferModel(nn.Module):
         self.head = nn.Linear(num_features, num_classes)
 
     def embed(self, inputs) -> torch.Tensor:
-        """Pooled features: what a linear probe sees and what the feature cache stores."""
+        """Pooled features: what a linear probe sees and what the feature cache stores.
+
+        Text inputs are token ids, or the hidden states after the first `start` encoder layers (keys
+        `hidden_states`, `attention_mask`, `start`): a phase whose lower layers are frozen computes those once and
+        runs only the layers above them (`encoder_layers` below).
+        """
         if self.modality == "image":
             return self.backbone(inputs)
-        out = self.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        hidden = out.last_hidden_state
+        if "hidden_states" in inputs:
+            hidden = encoder_layers(self.backbone, inputs["hidden_states"], inputs["attention_mask"],
+                                    inputs["start"], None)
+        else:
+            hidden = self.backbone(input_ids=inputs["input_ids"],
+                                   attention_mask=inputs["attention_mask"]).last_hidden_state
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         # Mean pooling over real tokens: how sentence-transformers trained MiniLM's embeddings.
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def forward(self, inputs) -> torch.Tensor:
         return self.head(self.dropout(self.embed(inputs)))
+
+
+def stacked_layers(backbone: nn.Module) -> nn.ModuleList | None:
+    """The encoder's layer list of a BERT-style transformers model (embeddings, then `encoder.layer`), else None:
+    the models whose lower layers' outputs can be cached and fed to the upper ones."""
+    layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+    return layers if isinstance(layers, nn.ModuleList) and hasattr(backbone, "embeddings") else None
+
+
+def encoder_layers(backbone: nn.Module, hidden: torch.Tensor | None, attention_mask: torch.Tensor, start: int,
+                   stop: int | None, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Hidden states after encoder layers [start, stop) of a BERT-style encoder; from the token embeddings when
+    `input_ids` are given (start 0). The same computation as the model's own forward pass, split at a layer."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    if input_ids is not None:
+        hidden = backbone.embeddings(input_ids=input_ids)
+    mask = create_bidirectional_mask(config=backbone.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in stacked_layers(backbone)[start:stop]:
+        hidden = layer(hidden, mask)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return hidden
+
+
+def frozen_prefix(model: TransferModel, trainable: set[str] | frozenset[str]) -> int:
+    """How many lower encoder layers can be computed once for a phase that trains `trainable`: none of their
+    parameters (nor the embeddings') train and nothing random happens in them (no dropout). 0 when the model
+    is not a BERT-style text encoder, or its embeddings train."""
+    layers = stacked_layers(model.backbone) if model.modality == "text" else None
+    training = {id(p) for n, p in model.named_parameters() if n in trainable}
+    if layers is None or any(id(p) in training for p in model.backbone.embeddings.parameters()):
+        return 0
+    cfg = model.backbone.config
+    if getattr(cfg, "hidden_dropout_prob", 0.0) or getattr(cfg, "attention_probs_dropout_prob", 0.0):
+        return 0
+    k = 0
+    for layer in layers:
+        if any(id(p) in training for p in layer.parameters()):
+            break
+        k += 1
+    return min(k, len(layers) - 1)  # at least one layer stays on top: the last one alone means a linear probe
 
 
 def build_image_model(arch: str, num_classes: int, in_chans: int = 3, dropout: float = 0.0,

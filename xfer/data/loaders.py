@@ -140,6 +140,32 @@ class TextBatches(Dataset):
         return {"input_ids": input_ids, "attention_mask": mask}, self.labels[idx], torch.as_tensor(idx)
 
 
+class HiddenBatches(Dataset):
+    """Hidden states of a text encoder's frozen lower layers (one (tokens, width) tensor per example), padded per
+    batch like TextBatches; the model runs only the layers above `start` on them."""
+
+    def __init__(self, hidden: list[torch.Tensor], labels, start: int):
+        self.hidden, self.start = hidden, start
+        self.lengths = np.array([len(h) for h in hidden])
+        self.labels = torch.as_tensor(labels)
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, idx):
+        idx = list(idx)
+        width = int(self.lengths[idx].max())
+        first = self.hidden[idx[0]]
+        states = torch.zeros((len(idx), width, first.shape[1]), dtype=first.dtype)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = self.lengths[i]
+            states[row, :n] = self.hidden[i]
+            mask[row, :n] = 1
+        return ({"hidden_states": states, "attention_mask": mask, "start": self.start}, self.labels[idx],
+                torch.as_tensor(idx))
+
+
 class TensorBatches(Dataset):
     """Batches of precomputed features (the linear probe's cache)."""
 
@@ -208,7 +234,7 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, 
     n = len(dataset)
     num_samples = max(n, min_batches * batch_size) if shuffle else n
     drop_last = shuffle and num_samples > batch_size
-    if isinstance(dataset, TextBatches):
+    if isinstance(dataset, (TextBatches, HiddenBatches)):
         sampler = LengthGroupedSampler(dataset.lengths, batch_size, shuffle, seed, drop_last, num_samples)
     else:
         gen = torch.Generator().manual_seed(seed)

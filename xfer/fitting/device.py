@@ -73,7 +73,7 @@ def seed_everything(seed: int) -> None:
 
 def to_device(inputs, device, channels_last: bool):
     if isinstance(inputs, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
     inputs = inputs.to(device, non_blocking=True)
     if channels_last and inputs.dim() == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)

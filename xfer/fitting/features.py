@@ -112,6 +112,29 @@ def cached_features(model, loaders: list, accelerator, key: str | None, adapt_bn
     return parts
 
 
+def frozen_layer_outputs(model, loader, accelerator, start: int) -> list[torch.Tensor]:
+    """Per example, the hidden states after the first `start` encoder layers (real tokens only): computed once for
+    a phase in which those layers are frozen and deterministic (models.frozen_prefix), then fed to the layers above
+    every epoch. Same values as the full forward pass computes, in the same precision."""
+    from xfer.models import encoder_layers
+
+    place(model, accelerator, False)
+    out: list[torch.Tensor | None] = [None] * len(loader.dataset)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():  # not inference_mode: these tensors become inputs that autograd saves for backward
+        for inputs, _, idx in loader:
+            inputs = to_device(inputs, accelerator.device, False)
+            with accelerator.autocast():
+                hidden = encoder_layers(model.backbone, None, inputs["attention_mask"], 0, start,
+                                        input_ids=inputs["input_ids"])
+            hidden = hidden.cpu()
+            for row, i in enumerate(idx.tolist()):
+                out[i] = hidden[row, :int(inputs["attention_mask"][row].sum())].clone()
+    model.train(was_training)
+    return out
+
+
 def probe_features(model, train_loader, val_loader, accelerator, key: str | None, adapt_bn: bool, log=print):
     """Train and validation features for a head-only phase (AdaBN on the training data first)."""
     return tuple(cached_features(model, [train_loader, val_loader], accelerator, key, adapt_bn, log))

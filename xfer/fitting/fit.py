@@ -16,10 +16,10 @@ import torch
 
 from xfer.config import FitConfig, make_config
 from xfer.data.loaders import batches
-from xfer.data.task import Task
+from xfer.data.task import Split, Task
 from xfer.errors import XferError
 from xfer.fitting.device import make_accelerator, predict_logits, seed_everything
-from xfer.fitting.evaluate import classification_metrics, transfer_gain
+from xfer.fitting.evaluate import calibration, classification_metrics, softmax, transfer_gain
 from xfer.fitting.hooks import Hook
 from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare, resolve_config
 from xfer.fitting.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
@@ -27,7 +27,7 @@ from xfer.fitting.strategies import make_plan
 from xfer.models import lora_options
 from xfer.robust.defences import check_modality, parse_defence
 from xfer.robust.training import robust_hooks
-from xfer.runs.folder import check_destination, write_run
+from xfer.runs.folder import EXAMPLES, MODEL_CARD, REPORT, check_destination, write_run
 from xfer.runs.run import Run
 from xfer.sources import LoadedSource
 
@@ -70,6 +70,7 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     prep = prepare(cfg, task=task, source=loaded_source or source_spec, splits=splits, log=log)
     for note in prep.task.notes[len(task.notes):]:  # what rendering text as images lost, if it did
         log(f"[yellow]note:[/] {note}")
+    shown_test = task.test if evaluate_test else None  # the test inputs as the user gave them (texts, not renders)
     model, data, task = prep.model, prep.datasets, prep.task  # task: rendered for text-as-image
     hooks = tuple(hooks) + robust_hooks(cfg, prep.spec)  # first: its error names the option the user gave
     check_modality(defence, prep.spec["modality"])
@@ -86,9 +87,15 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     train_seconds = time.perf_counter() - start
     prep.spec["lora"] = lora_options(model)
 
-    metrics = evaluate(model, data, task.labels, cfg, splits[1:])
+    logits = split_logits(model, data, cfg, splits[1:])  # the model runs once per split: metrics and calibration
+    truth = {split: data[split].labels.numpy() for split in logits}
+    metrics = {split: classification_metrics(truth[split], logits[split].argmax(1), task.labels) for split in logits}
+    if save or evaluate_test:  # a search trial skips it
+        metrics["calibration"] = calibration(logits, truth)
+    prep.spec["temperature"] = metrics["calibration"]["temperature"] if "calibration" in metrics else 1.0
     metrics.update(result.extras)
     metrics["train_seconds"] = train_seconds
+    metrics["split_sizes"] = {name: len(getattr(task, name).labels) for name in splits}
     metrics["trainable_params"] = result.trainable_params
     metrics["total_params"] = sum(p.numel() for p in model.parameters())
     metrics["peak_memory_mb"] = peak_memory_mb()
@@ -115,24 +122,44 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         log(f"with the {defence['name']} defence: test accuracy {metrics['defended']['test']['accuracy']:.4f}")
     if save:
         text = prep.spec["modality"] == "text"
-        write_run(out, spec=run.spec, weights=run.model.state_dict(), config=replace(cfg, out=str(out)).to_dict(),
+        config = replace(cfg, out=str(out)).to_dict()
+        extra = _documents(run, config, shown_test, logits.get("test"), source_spec) if evaluate_test else {}
+        write_run(out, spec=run.spec, weights=run.model.state_dict(), config=config,
                   metrics=metrics, history=run.history, transfer_report=run.report.to_dict(),
-                  backbone=(lambda d: _save_encoder(run, d)) if text else None, overwrite=cfg.overwrite)
+                  backbone=(lambda d: _save_encoder(run, d)) if text else None, extra=extra, overwrite=cfg.overwrite)
         run.tokenizer = None  # text runs read it back from the run folder, as a loaded run does
         shutil.rmtree(ckpt, ignore_errors=True)
         log(f"run saved to {out}")
     return run
 
 
-def evaluate(model, datasets: dict, labels, cfg: FitConfig, splits=("val", "test")) -> dict:
-    """Metrics of the model on each named split."""
+def split_logits(model, datasets: dict, cfg: FitConfig, splits=("val", "test")) -> dict:
+    """The model's logits (float NumPy, data order) on each named split."""
     acc = make_accelerator(cfg.precision, model=model)
     out = {}
     for split in splits:
         loader = batches(datasets[split], cfg.batch_size * 2, shuffle=False)
-        logits = predict_logits(model, loader, acc, cfg.channels_last)
-        out[split] = classification_metrics(datasets[split].labels.numpy(), logits.argmax(1).numpy(), labels)
+        out[split] = predict_logits(model, loader, acc, cfg.channels_last).float().numpy()
     return out
+
+
+def evaluate(model, datasets: dict, labels, cfg: FitConfig, splits=("val", "test")) -> dict:
+    """Metrics of the model on each named split."""
+    logits = split_logits(model, datasets, cfg, splits)
+    return {split: classification_metrics(datasets[split].labels.numpy(), z.argmax(1), labels)
+            for split, z in logits.items()}
+
+
+def _documents(run: Run, config: dict, test: Split, test_logits, source_spec) -> dict:
+    """The run folder's human-readable files: misclassified test examples, the model card and the HTML report."""
+    from xfer.report import misclassified, model_card, run_report_html
+
+    probs = softmax(test_logits, run.spec["temperature"])
+    examples = misclassified(test.items, test.labels, probs, run.labels, image=not run.reads_text)
+    docs = {"spec": run.spec, "config": config, "metrics": run.metrics, "history": run.history,
+            "transfer_report": run.report.to_dict(), "examples": examples, "name": config["out"]}
+    return {EXAMPLES: examples, MODEL_CARD: model_card(docs, source_spec),
+            REPORT: run_report_html(docs, title=Path(config["out"]).name)}
 
 
 def _baseline(prep: Prepared, backbone_epochs: int, log) -> dict:
@@ -140,7 +167,8 @@ def _baseline(prep: Prepared, backbone_epochs: int, log) -> dict:
     log("[bold]baseline:[/] same architecture from scratch, same budget")
     model = prep.fresh_model()
     # Nothing is pretrained here, so nothing is kept frozen: embedding tables train too.
-    base_cfg = replace(prep.cfg, strategy="full", epochs=max(1, backbone_epochs), freeze_embeddings=False)
+    base_cfg = replace(prep.cfg, strategy="full", epochs=max(1, backbone_epochs), freeze_embeddings=False,
+                       top_blocks=None)
     start = time.perf_counter()
     result = run_plan(model, make_plan("full", base_cfg), prep.datasets["train"], prep.datasets["val"], base_cfg,
                       log=log)

@@ -15,14 +15,14 @@ from typing import Callable
 import torch
 
 from xfer.config import RESUME_FREE, FitConfig
-from xfer.data.loaders import TensorBatches, batches
+from xfer.data.loaders import HiddenBatches, TensorBatches, batches
 from xfer.errors import XferError
 from xfer.fitting.device import cpu_state, make_accelerator, seed_everything
-from xfer.fitting.features import probe_features
-from xfer.fitting.hooks import Context, Hook
+from xfer.fitting.features import frozen_layer_outputs, probe_features
+from xfer.fitting.hooks import Context, Hook, overriding
 from xfer.fitting.loop import PhaseRun, PhaseState, train_phase
 from xfer.fitting.strategies import Plan
-from xfer.models import TransferModel
+from xfer.models import TransferModel, frozen_prefix
 from xfer.runs.folder import load_tensor_folder, save_tensor_folder
 
 
@@ -106,6 +106,22 @@ class PlanResult:
     trainable_params: int  # parameters that trained in some phase (LoRA: adapters + head; bitfit: biases + head)
 
 
+def _cacheable_layers(model: TransferModel, names: frozenset[str], hooks, cfg: FitConfig) -> int:
+    """Lower encoder layers whose outputs a phase may compute once: frozen, deterministic, and no hook needs the
+    raw batch (a batch transform or a loss term such as distillation's teacher reads the token ids)."""
+    if not cfg.cache_frozen_layers or overriding(hooks, "before_batch") or overriding(hooks, "loss"):
+        return 0
+    return frozen_prefix(model, names)
+
+
+def _frozen_outputs(model, datasets, acc, start: int, cfg: FitConfig, log) -> tuple[HiddenBatches, HiddenBatches]:
+    t0 = time.perf_counter()
+    out = tuple(HiddenBatches(frozen_layer_outputs(model, batches(d, cfg.batch_size * 4, shuffle=False), acc, start),
+                              d.labels, start) for d in datasets)
+    log(f"frozen layers: outputs of the first {start} encoder layers computed once in {time.perf_counter() - t0:.1f}s")
+    return out
+
+
 def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfig, *, feature_key: str | None = None,
              log: Callable[[str], None] = print, checkpoint: Path | None = None, resume: Checkpoint | None = None,
              hooks: tuple[Hook, ...] = ()) -> PlanResult:
@@ -127,6 +143,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
     full_val = batches(val_set, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
     ctx = Context(model, acc, full_val, cfg.channels_last, log)
     trained: set[str] = set()
+    frozen_outputs: dict[int, tuple[HiddenBatches, HiddenBatches]] = {}
 
     def save(phase: int, state: PhaseState | None) -> None:
         if checkpoint is not None:
@@ -168,10 +185,18 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
                            cfg.seed + i, hooks=phase_hooks, deadline=deadline)
             on_epoch = None  # seconds per epoch: checkpoint only when the phase ends
         else:
+            start = _cacheable_layers(model, names, phase_hooks, cfg)
+            if start:  # the frozen lower layers run once; every epoch trains the layers above on their outputs
+                if start not in frozen_outputs:
+                    frozen_outputs[start] = _frozen_outputs(model, (train_set, val_set), acc, start, cfg, log)
+                phase_train, phase_val = frozen_outputs[start]
+                val = batches(phase_val, cfg.batch_size * 2, shuffle=False)
+            else:
+                phase_train, val = train_set, full_val
             run = PhaseRun(phase, model, names,
-                           batches(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed + i,
+                           batches(phase_train, cfg.batch_size, shuffle=True, seed=cfg.seed + i,
                                    num_workers=cfg.num_workers, min_batches=min_batches),
-                           full_val, cfg.seed + i, phase.lr_scales(model) if phase.lr_scales else None,
+                           val, cfg.seed + i, phase.lr_scales(model) if phase.lr_scales else None,
                            phase_hooks, deadline)
             on_epoch = (lambda rec, st, i=i: save(i, st)) if checkpoint is not None else None
         records = train_phase(run, cfg, acc, ctx, state, on_epoch)

@@ -223,8 +223,16 @@ def _probe(cfg) -> Phase:
     return Phase("linear-probe", cfg.lp_epochs, cfg.lp_lr, head_only, cached_features=True)
 
 
+def top_of(cfg, select: Selector) -> Selector:
+    """`select` limited to the top `cfg.top_blocks` blocks and the head, when that option is set."""
+    if not cfg.top_blocks:
+        return select
+    top = last_blocks(cfg.top_blocks)
+    return lambda model: select(model) & top(model)
+
+
 def _fine_tune(cfg, name: str = "fine-tune", **extra) -> Phase:
-    return Phase(name, cfg.epochs, cfg.lr, fine_tuned(cfg), bn=cfg.bn_policy, **extra)
+    return Phase(name, cfg.epochs, cfg.lr, top_of(cfg, fine_tuned(cfg)), bn=cfg.bn_policy, **extra)
 
 
 STRATEGIES: dict[str, Callable] = {}
