@@ -24,6 +24,7 @@ from xfer.fitting.hooks import Hook
 from xfer.fitting.prepare import Prepared, fit_source, load_fit_task, prepare, resolve_config
 from xfer.fitting.runner import check_resumable, checkpoint_dir, load_checkpoint, run_plan
 from xfer.fitting.strategies import make_plan
+from xfer.fitting.tracking import tracker_names, tracking_hooks
 from xfer.models import lora_options
 from xfer.robust.defences import check_modality, parse_defence
 from xfer.robust.training import robust_hooks
@@ -52,6 +53,7 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     early = cfg.resolved("image")
     make_plan(early.strategy, early)  # fail fast on an unknown strategy before loading anything
     defence = parse_defence(cfg.defence, cfg.defence_draws)  # and on an unknown defence
+    tracker_names(cfg.log_with)  # and on a tracker that is not installed
     if defence is None and cfg.noise_sigma:  # a noise-trained model is used as the smoothed classifier it was made for
         defence = parse_defence(f"noise:sigma={cfg.noise_sigma}", cfg.defence_draws)
 
@@ -73,6 +75,8 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     shown_test = task.test if evaluate_test else None  # the test inputs as the user gave them (texts, not renders)
     model, data, task = prep.model, prep.datasets, prep.task  # task: rendered for text-as-image
     hooks = tuple(hooks) + robust_hooks(cfg, prep.spec)  # first: its error names the option the user gave
+    trackers = tracking_hooks(cfg, out)  # --log-with: the config now, every epoch, the final metrics at the end
+    hooks += trackers
     check_modality(defence, prep.spec["modality"])
     prep.spec["defence"] = defence
     plan = make_plan(cfg.strategy, cfg)
@@ -120,6 +124,8 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         metrics["defended"] = {"defence": defence, "test": classification_metrics(
             task.test.labels, logits.argmax(1).numpy(), task.labels)}
         log(f"with the {defence['name']} defence: test accuracy {metrics['defended']['test']['accuracy']:.4f}")
+    for tracker in trackers:
+        tracker.finish(metrics)
     if save:
         text = prep.spec["modality"] == "text"
         config = replace(cfg, out=str(out)).to_dict()
