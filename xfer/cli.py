@@ -459,6 +459,19 @@ def robust(run_dir, out, data, attacks, eps, rates, defences, steps, eot, limit,
         console.print(f"written: {out}/robust.json, {out}/robust.png")
 
 
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--out", default=None, type=click.Path(),
+              help="HTML file to write (default: <run>.report.html beside a run; report.html in other folders)")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+def report(path, out, overwrite):
+    """One self-contained HTML report of a run folder, a compare folder, a rank result or a search folder."""
+    from xfer.report import write_report
+
+    kind, written = write_report(path, out, overwrite)
+    _console().print(f"{kind} report written: {written}")
+
+
 @cli.command("eval")
 @click.argument("run_dir", type=click.Path())
 @click.option("--data", default=None, help="labelled file or folder to evaluate on (default: the saved test metrics)")

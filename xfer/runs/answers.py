@@ -26,8 +26,18 @@ def checked_inputs(inputs: Sequence, reads_text: bool) -> list:
     return items
 
 
-def answers(items: list, probs: np.ndarray, labels: Sequence[str]) -> list[dict]:
-    """One {"input", "label", "confidence"} per input, from the softmax probabilities."""
+def temperature(spec: dict) -> float:
+    """The run's calibration temperature (fitted on validation logits by `fit`); 1.0 for runs made without one."""
+    t = spec.get("temperature") or 1.0
+    return float(t) if t > 0 else 1.0
+
+
+def answers(items: list, logits: np.ndarray, labels: Sequence[str], temperature: float = 1.0) -> list[dict]:
+    """One {"input", "label", "confidence"} per input; the confidence is softmax(logits / temperature), the run's
+    calibrated probability (the label, the argmax, is the same for any temperature)."""
+    from xfer.fitting.evaluate import softmax
+
+    probs = softmax(np.asarray(logits), temperature)
     top = probs.argmax(1)
     return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": labels[int(k)],
              "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]

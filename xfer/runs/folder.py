@@ -33,6 +33,9 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 TRANSFER_REPORT = "transfer_report.json"
 BACKBONE = "backbone"  # text runs: the encoder's config and tokenizer, so loading needs no download
+MODEL_CARD = "MODEL_CARD.md"  # what the model is, how it was made and measured (Hugging Face model card layout)
+REPORT = "report.html"  # the run's self-contained HTML report (`xfer report`); the serving page links to it
+EXAMPLES = "examples.json"  # a sample of misclassified test examples, shown by the report
 SPEC_FORMAT = 1
 # Flat copies of the nested metrics that tools and scripts read without knowing the nesting.
 HEADLINE = ("test.accuracy", "test.macro_f1", "val.accuracy", "baseline.test.accuracy", "defended.test.accuracy")
@@ -304,6 +307,13 @@ class RunFolder:
     def history(self) -> list:
         return read_json(self.path, HISTORY) if (self.path / HISTORY).exists() else []
 
+    def transfer_report(self) -> dict:
+        return read_json(self.path, TRANSFER_REPORT) if (self.path / TRANSFER_REPORT).exists() else {}
+
+    def examples(self) -> list:
+        """Misclassified test examples saved by fit (older runs have none)."""
+        return read_json(self.path, EXAMPLES) if (self.path / EXAMPLES).exists() else []
+
     @property
     def backbone(self) -> Path:
         return self.path / BACKBONE
@@ -315,7 +325,8 @@ def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor] | None
               copy_from: Path | None = None, extra: dict[str, dict] | None = None, overwrite: bool = False) -> Path:
     """Write a run folder atomically (see new_run): PyTorch `weights`, or an `onnx` graph file (copied in).
     `backbone(folder)` saves the encoder's files; `copy_from` copies every other file of an existing run (an export
-    keeps the original's config, metrics and reports); `extra` adds JSON files by name (a compression report)."""
+    keeps the original's config, metrics and reports); `extra` adds files by name: a string is written as UTF-8 text
+    (the model card, the HTML report), anything else as JSON (a compression report, examples)."""
     if (weights is None) == (onnx is None):
         raise ValueError("write_run needs exactly one of weights= and onnx=")
     with new_run(dest, overwrite) as tmp:
@@ -329,7 +340,7 @@ def write_run(dest: Path, *, spec: dict, weights: dict[str, torch.Tensor] | None
         else:
             shutil.copyfile(onnx, tmp / ONNX_MODEL)
         for name, obj in (extra or {}).items():
-            write_json(tmp / name, obj)
+            (atomic_write if isinstance(obj, str) else write_json)(tmp / name, obj)
         write_json(tmp / SPEC, spec)
         if config is not None:
             write_yaml(tmp / CONFIG, config)

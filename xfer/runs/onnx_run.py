@@ -17,7 +17,7 @@ from xfer.data.arrays import image_batch, load_fast_tokenizer, token_batch
 from xfer.data.render import render_inputs
 from xfer.data.task import Split
 from xfer.errors import XferError
-from xfer.runs.answers import answers, checked_inputs, labelled_split
+from xfer.runs.answers import answers, checked_inputs, labelled_split, temperature
 from xfer.runs.folder import ONNX_MODEL, RunFolder
 
 ONNX_RUNTIME = "onnx"
@@ -84,9 +84,7 @@ class OnnxRun:
         items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
-        logits = self.logits(items, batch_size)
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        return answers(items, probs / probs.sum(1, keepdims=True), self.labels)
+        return answers(items, self.logits(items, batch_size), self.labels, temperature(self.spec))
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""

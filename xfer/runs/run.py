@@ -17,7 +17,7 @@ from xfer.errors import XferError
 from xfer.fitting.device import make_accelerator, place, predict_logits
 from xfer.fitting.evaluate import classification_metrics
 from xfer.models import TransferModel, apply_pruned, build_from_spec
-from xfer.runs.answers import answers, checked_inputs, labelled_split
+from xfer.runs.answers import answers, checked_inputs, labelled_split, temperature
 from xfer.runs.folder import RunFolder
 from xfer.transfer import TransferReport
 
@@ -81,8 +81,8 @@ class Run:
         items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
-        probs = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size).softmax(1)
-        return answers(items, probs.numpy(), self.labels)
+        logits = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size)
+        return answers(items, logits.float().numpy(), self.labels, temperature(self.spec))
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""
