@@ -359,6 +359,19 @@ def export(run_dir, out, merge, fmt, overwrite):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
+@click.argument("target")
+@click.option("--private", is_flag=True, help="create the repository as private")
+@click.option("--token", default=None, help="Hugging Face token (default: HF_TOKEN or `hf auth login`'s)")
+def push(run_dir, target, private, token):
+    """Upload a run (checksums verified) to the Hugging Face model repository TARGET: hf:<user or org>/<name>."""
+    from xfer.tools.push import push as api_push
+
+    url = api_push(run_dir, target, private=private, token=token, log=_console().print)
+    click.echo(f"pushed {run_dir} -> {url}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="folder for the variants, compress.json and compress.png")
 @click.option("--int8", type=click.Choice(["dynamic", "static"]), default=None,
               help="ONNX Runtime int8 of every variant: dynamic for text (transformer) runs, static (QDQ, calibrated "

@@ -277,6 +277,12 @@ class RunFolder:
         verify_run(self.path)
         return self
 
+    def listed(self) -> list[str]:
+        """The files SHA256SUMS lists (relative POSIX paths): what a copy of the run must carry to verify. Trust
+        them after `verify()`."""
+        text = (self.path / SUMS).read_text(encoding="utf-8")
+        return sorted(line.partition("  ")[2] for line in text.splitlines() if line.strip())
+
     def spec(self) -> dict:
         spec = read_json(self.path, SPEC)
         if spec.get("format") != SPEC_FORMAT:
