@@ -547,6 +547,24 @@ def predict(run_dir, inputs, input_file, as_json):
 
 
 @cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (another than loopback "
+              "exposes the API: use --token)")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", envvar="XFER_SERVE_TOKEN", default=None,
+              help="require `Authorization: Bearer TOKEN` on every request but /health (env: XFER_SERVE_TOKEN)")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="seconds a request may wait for its predictions (then 504)")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1), help="inputs per request")
+def serve(run_dirs, host, port, token, timeout, max_batch):
+    """Serve runs over HTTP: POST /predict, GET /models, a page to try them at /, API docs at /docs."""
+    from xfer.tools.serve import serve as serve_runs
+
+    warn = lambda m: click.echo(click.style("warning: ", fg="yellow", bold=True) + m, err=True)  # noqa: E731
+    serve_runs(run_dirs, host, port, token or None, echo=click.echo, warn=warn, timeout=timeout, max_batch=max_batch)
+
+
+@cli.command()
 @click.option("--data", required=True, help="text data: a .csv/.tsv/.jsonl table or builtin:rotten_tomatoes|reuters_r8")
 @click.option("--out", required=True, type=click.Path(), help="folder for render.png")
 @click.option("-n", "count", default=16, show_default=True, help="how many training examples to show")

@@ -32,15 +32,21 @@ def temperature(spec: dict) -> float:
     return float(t) if t > 0 else 1.0
 
 
-def answers(items: list, logits: np.ndarray, labels: Sequence[str], temperature: float = 1.0) -> list[dict]:
+def answers(items: list, logits: np.ndarray, labels: Sequence[str], temperature: float = 1.0,
+            top_k: int = 0) -> list[dict]:
     """One {"input", "label", "confidence"} per input; the confidence is softmax(logits / temperature), the run's
     calibrated probability (the label, the argmax, is the same for any temperature)."""
     from xfer.fitting.evaluate import softmax
 
     probs = softmax(np.asarray(logits), temperature)
     top = probs.argmax(1)
-    return [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": labels[int(k)],
-             "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+    out = [{"input": str(x) if not isinstance(x, np.ndarray) else f"array[{i}]", "label": labels[int(k)],
+            "confidence": float(probs[i, k])} for i, (x, k) in enumerate(zip(items, top))]
+    if top_k > 0:  # the `top_k` most probable labels, most probable first (ties: label order)
+        for answer, row in zip(out, probs):
+            answer["top_k"] = [{"label": labels[int(j)], "probability": float(row[j])}
+                               for j in np.argsort(-row, kind="stable")[:top_k]]
+    return out
 
 
 def labelled_split(data: str, labels: Sequence[str], **columns) -> Split:

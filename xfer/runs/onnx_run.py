@@ -80,11 +80,11 @@ class OnnxRun:
                for i in range(0, len(items), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
-    def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
+    def predict(self, inputs: Sequence, batch_size: int = 64, top_k: int = 0) -> list[dict]:
         items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
-        return answers(items, self.logits(items, batch_size), self.labels, temperature(self.spec))
+        return answers(items, self.logits(items, batch_size), self.labels, temperature(self.spec), top_k)
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""

@@ -76,13 +76,14 @@ class Run:
             torch.manual_seed(0)  # a randomised defence draws the same way on every call: answers are repeatable
         return predict_logits(model, batches(self.dataset(split), batch_size, shuffle=False), acc, image)
 
-    def predict(self, inputs: Sequence, batch_size: int = 64) -> list[dict]:
-        """Predict labels for image paths / arrays (image runs) or strings (text runs)."""
+    def predict(self, inputs: Sequence, batch_size: int = 64, top_k: int = 0) -> list[dict]:
+        """Predict labels for image paths / arrays (image runs) or strings (text runs); `top_k` > 0 adds the k most
+        probable labels with their probabilities to each answer."""
         items = checked_inputs(inputs, self.reads_text)
         if not items:
             return []
         logits = self.logits(Split(items, np.zeros(len(items), dtype=np.int64)), batch_size)
-        return answers(items, logits.float().numpy(), self.labels, temperature(self.spec))
+        return answers(items, logits.float().numpy(), self.labels, temperature(self.spec), top_k)
 
     def evaluate(self, data: str, **columns) -> dict:
         """Metrics on a labelled file or folder (all of it is treated as test data)."""
