@@ -160,3 +160,5 @@ def test_hf_task_through_load_task(monkeypatch):
     task = load_task("hf:reviews", val_fraction=0.2)
     assert task.name == "hf:reviews" and task.labels == ("b", "g")
     assert len(task.test) == 6 and len(task.train) + len(task.val) == 30  # its own test split; val held out
+    items, labels = read_labelled("hf:reviews")  # what `xfer eval RUN --data hf:...` scores: the test split
+    assert items == texts["text"][:6] and labels == texts["label"][:6]
