@@ -19,6 +19,7 @@ PYTHON_SCRIPTS = {
     "seeds.py": "over 2 seeds",
     "cpu_choices.py": "MiniLM embedding tables",
     "tfidf_baseline.py": "TF-IDF (1-2-grams) + logistic regression",
+    "serve_load.py": "requests/s",
 }
 SHELL_SCRIPTS = {
     "compare_strategies.sh": "Recommended:",
