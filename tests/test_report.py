@@ -51,6 +51,7 @@ def test_ece_and_reliability_bins():
     assert expected_calibration_error(probs, y) == pytest.approx(0.5 * 0.45 + 0.25 * 0.4 + 0.25 * 0.3)
     assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
     assert fit_temperature(np.zeros((0, 2)), np.zeros(0, dtype=int)) == 1.0
+    assert fit_temperature(5 * np.eye(3), np.arange(3)) == 1.0  # no validation error: nothing to fit
 
 
 def test_answers_apply_the_temperature_in_one_place():

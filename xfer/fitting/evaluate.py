@@ -71,11 +71,13 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """The T > 0 minimising the NLL of softmax(logits / T), searched over log T (bounded Brent; the NLL is smooth and
-    unimodal enough in log T). 1.0 when there is nothing to fit on."""
+    unimodal enough in log T). 1.0 when there is nothing to fit on (no examples, or no validation error)."""
     from scipy.optimize import minimize_scalar
 
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     if len(labels) == 0 or not np.isfinite(logits).all():
+        return 1.0
+    if (logits.argmax(1) == labels).all():  # no validation error: the NLL falls without end as T -> 0, no fit
         return 1.0
     res = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))),
                           bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",

@@ -21,7 +21,8 @@ def source_facts(spec: dict, source_spec=None) -> dict:
     known = source_spec or CATALOGUE.get(name) or CATALOGUE.get(name.removeprefix("random:"))
     random = name.startswith("random:") or src.get("origin") == "random"
     licence = getattr(known, "license", "") or ""
-    return {"name": name, "arch": spec.get("arch", "unknown"), "origin": src.get("origin", "unknown"),
+    arch = spec.get("arch", "unknown")
+    return {"name": name, "arch": f"transformers encoder of {name}" if arch == "hf" else arch, "origin": src.get("origin", "unknown"),
             "sha256": src.get("sha256") or "not recorded",
             "description": getattr(known, "description", "") or "",
             "license": "none (randomly initialised weights)" if random else (licence or ONLINE_LICENCE),
@@ -43,7 +44,7 @@ def model_card(docs: dict, source_spec=None) -> str:
         front = {"license": source["license_id"].lower(), **front}
     test = metrics.get("test") or {}
     if test:
-        front["model-index"] = [{"name": spec.get("arch"), "results": [{
+        front["model-index"] = [{"name": f"{source['name']}-{data}", "results": [{
             "task": {"type": task_tag}, "dataset": {"name": data, "type": data, "split": "test"},
             "metrics": [{"type": "accuracy", "value": round(test["accuracy"], 4)},
                         {"type": "f1", "name": "macro-F1", "value": round(test["macro_f1"], 4)}]}]}]
