@@ -129,8 +129,12 @@ def fit(config_file, **options):
     from xfer.fitting.fit import fit as api_fit
     from xfer.config import make_config
 
-    run = api_fit(make_config(config_file, **options))
-    if not options.get("quiet"):
+    from xfer.fitting import distributed as dist
+
+    cfg = make_config(config_file, **options)
+    launcher = cfg.processes > 1 and dist.world_size() == 1  # its workers print the results
+    run = api_fit(cfg)
+    if not cfg.quiet and dist.is_main() and not launcher:
         console = _console()
         print_report(run.report, console)
         print_metrics(run.metrics, console)

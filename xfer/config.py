@@ -96,6 +96,7 @@ class FitConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | no
     channels_last: bool = True
     num_workers: int = 0
+    processes: int = 1  # training processes on this machine (data parallel: gloo on CPUs, NCCL on GPUs)
     cache_frozen_layers: bool = True  # text: compute frozen lower encoder layers once, train the layers above
     time_budget: float | None = None  # seconds of training (all phases); a phase stops when it is spent
     seed: int = 0
@@ -201,7 +202,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_alpha": _positive, "lora_dropout": _fraction, "batch_size": (lambda v: 1 <= v <= 65536, "between 1 and 65536"),
     "weight_decay": _at_least_0, "warmup": (lambda v: 0 <= v <= 1, "between 0 and 1"), "label_smoothing": _fraction,
     "grad_clip": _at_least_0, "patience": _at_least_0, "grad_accum": _at_least_1, "min_steps": _at_least_0,
-    "num_workers": _at_least_0, "time_budget": _positive, "defence_draws": _at_least_1,
+    "num_workers": _at_least_0, "processes": (lambda v: 1 <= v <= 1024, "between 1 and 1024"), "time_budget": _positive, "defence_draws": _at_least_1,
     "noise_sigma": (lambda v: 0 < v <= 2, "above 0 and at most 2 (pixel units)"),
     "adv_eps": (lambda v: 0 < v <= 1, "above 0 and at most 1 (pixel units)"), "adv_steps": _at_least_1, "seed": (lambda v: 0 <= v < 2**32, "between 0 and 2^32 - 1"),
     "log_with": (lambda v: all(p.strip().lower() in ("none", *TRACKERS) for p in v.split(",")),
@@ -327,6 +328,8 @@ HELP = {
     "channels_last": "channels-last memory format for CNNs",
     "time_budget": "wall-clock training budget in seconds (or 90s, 5m, 1h): training stops when it is spent",
     "num_workers": "data loader worker processes",
+    "processes": "train with this many processes (data parallel, same global batch; gloo on CPUs, NCCL on GPUs); "
+                 "several machines: start `torchrun ... -m xfer.cli fit ...` on each (docs/performance.md)",
     "cache_frozen_layers": "text: when the lower encoder layers are frozen (top-blocks, partial), compute their "
                            "outputs once and train only the layers above (same result, fewer FLOPs)",
     "seed": "random seed (splits, initialisation, batches)",

@@ -90,17 +90,28 @@ def place(module: nn.Module, accelerator, channels_last: bool) -> None:
 
 def run_inference(module: nn.Module, fn, loader, accelerator, channels_last: bool = False) -> torch.Tensor:
     """`fn(inputs)` for every example in eval mode, rows in data order (batches may come in any order)."""
+    from xfer.fitting import distributed as dist
+
     was_training = module.training
     module.eval()
     out: torch.Tensor | None = None
+    shared, size, rank = dist.active(), dist.world_size(), dist.rank()
+    mine: list[tuple[torch.Tensor, torch.Tensor]] = []
     with torch.inference_mode():
-        for inputs, _, idx in loader:
+        for b, (inputs, _, idx) in enumerate(loader):
+            if shared and b % size != rank:  # several processes: each runs every size-th batch
+                continue
             with accelerator.autocast():
                 rows = fn(to_device(inputs, accelerator.device, channels_last)).float().cpu()
+            if shared:
+                mine.append((torch.as_tensor(idx), rows))
+                continue
             if out is None:
                 out = torch.empty(len(loader.dataset), rows.shape[1])
             out[idx] = rows
     module.train(was_training)
+    if shared:  # every row back, from whichever process computed it, exactly once
+        return dist.gather_rows(mine, len(loader.dataset))
     return out if out is not None else torch.empty(0, 0)
 
 

@@ -100,7 +100,9 @@ def cached_features(model, loaders: list, accelerator, key: str | None, adapt_bn
     parts = [compute_features(model, loader, accelerator) for loader in loaders]
     log(f"features: {' + '.join(str(tuple(p.shape)) for p in parts)} in {time.perf_counter() - start:.1f}s"
         + (" (BatchNorm statistics re-estimated on the target data)" if adapted else ""))
-    if path is not None:
+    from xfer.fitting.distributed import is_main
+
+    if path is not None and is_main():  # several processes computed the same features; one stores them
         tensors = {f"part{i}": p.contiguous() for i, p in enumerate(parts)}
         if adapted:
             tensors.update({f"bn.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()

@@ -18,6 +18,7 @@ from xfer.config import FitConfig, make_config
 from xfer.data.loaders import batches
 from xfer.data.task import Split, Task
 from xfer.errors import XferError
+from xfer.fitting import distributed as dist
 from xfer.fitting.device import make_accelerator, predict_logits, seed_everything
 from xfer.fitting.evaluate import calibration, classification_metrics, softmax, transfer_gain
 from xfer.fitting.hooks import Hook
@@ -46,6 +47,14 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     else:
         cfg = make_config(config, **overrides)
+    if cfg.processes > 1 and dist.world_size() == 1:  # start the workers; each of them runs this function
+        if task is not None or loaded_source is not None or hooks or not save:
+            raise XferError("Several processes (--processes) run a fit from its options alone: without a given "
+                            "task, source or hooks, and saving the run.")
+        return _launch(cfg)
+    if cfg.processes != dist.world_size():
+        raise XferError(f"This fit asks for {cfg.processes} processes but was started in {dist.world_size()}. Give "
+                        f"--processes {dist.world_size()}, or start it with `xfer fit --processes N` alone.")
     log = _log(cfg)
     seed_everything(cfg.seed)
     if cfg.out and save:
@@ -126,7 +135,7 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
         log(f"with the {defence['name']} defence: test accuracy {metrics['defended']['test']['accuracy']:.4f}")
     for tracker in trackers:
         tracker.finish(metrics)
-    if save:
+    if save and dist.is_main():  # with several processes, each holds the same model; process 0 writes it
         text = prep.spec["modality"] == "text"
         config = replace(cfg, out=str(out)).to_dict()
         extra = _documents(run, config, shown_test, logits.get("test"), source_spec) if evaluate_test else {}
@@ -191,8 +200,29 @@ def _save_encoder(run: Run, folder: Path) -> None:
     run.tokenizer.save_pretrained(str(folder))
 
 
+def _launch(cfg: FitConfig) -> Run:
+    """Run the fit in `cfg.processes` processes (distributed.launch) from a YAML copy of its options, and load the
+    run folder process 0 wrote."""
+    import tempfile
+
+    import yaml
+
+    from xfer.runs.run import load
+
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"fit-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_destination(out, cfg.overwrite)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "fit.yaml"
+        config.write_text(yaml.safe_dump(replace(cfg, out=str(out)).to_dict(), sort_keys=False))
+        code = dist.launch(["fit", "--config", str(config)], cfg.processes)
+    if code != 0:
+        raise XferError(f"The {cfg.processes} training processes stopped with exit status {code}; their messages are "
+                        f"above. An interrupted fit continues with --resume (same --processes).")
+    return load(out)
+
+
 def _log(cfg: FitConfig) -> Callable[[str], None]:
-    if cfg.quiet:
+    if cfg.quiet or not dist.is_main():
         return lambda msg: None
     from rich.console import Console
 
@@ -220,7 +250,8 @@ def _checkpoint(cfg: FitConfig, out: Path):
         if not cfg.overwrite:
             raise XferError(f"An interrupted fit left a checkpoint at {ckpt}. Pass --resume (with the same options) "
                             f"to continue it, or --overwrite to start over.")
-        shutil.rmtree(ckpt)
+        if dist.is_main():
+            shutil.rmtree(ckpt)
     return ckpt, None
 
 

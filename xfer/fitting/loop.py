@@ -20,6 +20,7 @@ from torch import nn
 
 from xfer.config import OPTIMIZERS
 from xfer.errors import XferError
+from xfer.fitting import distributed as dist
 from xfer.fitting.device import accuracy, place, predict_logits, to_device
 from xfer.fitting.hooks import Context, Hook, overriding
 from xfer.fitting.strategies import Phase
@@ -39,6 +40,7 @@ class PhaseRun:
     scales: dict[str, float] | None = None  # per-parameter rate multipliers
     hooks: tuple[Hook, ...] = ()
     deadline: float | None = None  # time.perf_counter() value at which training stops (a wall-clock budget)
+    shard: bool = True  # with several processes, split each batch between them (False: every process runs it all)
 
 
 def set_trainable(model: nn.Module, names: set[str], bn_policy: str = "auto") -> None:
@@ -137,6 +139,11 @@ class PhaseState:
     done: bool = False
 
 
+def _past(deadline: float, sharded: bool) -> bool:
+    late = time.perf_counter() > deadline
+    return dist.any_across(late) if sharded else late
+
+
 def _set_epoch(loader, seed: int) -> None:
     sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
     for s in (sampler, getattr(sampler, "sampler", None)):
@@ -169,10 +176,13 @@ def train_phase(run: PhaseRun, cfg, accelerator, ctx: Context, state: PhaseState
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
-    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    sharded = run.shard and dist.active()
+    if sharded:  # every process steps once per global batch: the schedule is not Accelerate's per-process one
+        optimizer = accelerator.prepare(optimizer)
+        dist.broadcast_module(module)
+    else:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     train_loader, val_loader = run.train, run.val
-    if accelerator.num_processes > 1:  # multi-process: shard batches across workers
-        train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     device, channels_last = accelerator.device, cfg.channels_last
     records: list[EpochRecord] = [EpochRecord(**r) for r in state.records]
@@ -193,9 +203,12 @@ def train_phase(run: PhaseRun, cfg, accelerator, ctx: Context, state: PhaseState
             task = bar.add_task(f"{phase.name} {epoch}/{phase.epochs}", total=len(train_loader), loss=0.0, acc=0.0,
                                 rate=0.0)
             for inputs, labels, _ in train_loader:
-                if run.deadline is not None and time.perf_counter() > run.deadline:
+                if run.deadline is not None and _past(run.deadline, sharded):
                     out_of_time = True
                     break
+                weight = 1.0
+                if sharded:
+                    inputs, labels, weight = dist.local_batch(inputs, labels)
                 inputs, labels = to_device(inputs, device, channels_last), labels.to(device)
                 for h in batch_hooks:
                     inputs, labels = h.before_batch(inputs, labels)
@@ -206,14 +219,17 @@ def train_phase(run: PhaseRun, cfg, accelerator, ctx: Context, state: PhaseState
                         extra = h.loss(logits, inputs, labels)
                         if extra is not None:
                             loss = loss + extra
-                    accelerator.backward(loss)
+                    accelerator.backward(loss * weight if sharded else loss)
                     if accelerator.sync_gradients:
+                        if sharded:
+                            dist.sum_gradients(params)
                         for h in grad_hooks:
                             h.after_backward(ctx)
                         if cfg.grad_clip:
                             accelerator.clip_grad_norm_(params, cfg.grad_clip)
                     optimizer.step()
-                    scheduler.step()
+                    if not sharded or accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 n = len(labels)
                 seen += n
@@ -222,6 +238,10 @@ def train_phase(run: PhaseRun, cfg, accelerator, ctx: Context, state: PhaseState
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen,
                            rate=seen / (time.perf_counter() - start))
         seconds = time.perf_counter() - start
+        if sharded:  # the epoch's figures over every process's rows; BatchNorm statistics as process 0's
+            loss_sum, correct, seen = dist.sum_across([loss_sum, correct, seen])
+            seen, correct = int(seen), int(correct)
+            dist.broadcast_module(module, buffers_only=True)
         if seen == 0:  # the budget ran out before this epoch's first step
             ctx.log(f"{phase.name}: time budget spent before epoch {epoch}")
             break

@@ -17,6 +17,7 @@ import torch
 from xfer.config import RESUME_FREE, FitConfig
 from xfer.data.loaders import HiddenBatches, TensorBatches, batches
 from xfer.errors import XferError
+from xfer.fitting import distributed as dist
 from xfer.fitting.device import cpu_state, make_accelerator, seed_everything
 from xfer.fitting.features import frozen_layer_outputs, probe_features
 from xfer.fitting.hooks import Context, Hook, overriding
@@ -146,7 +147,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
     frozen_outputs: dict[int, tuple[HiddenBatches, HiddenBatches]] = {}
 
     def save(phase: int, state: PhaseState | None) -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and dist.is_main():  # every process holds the same state; one writes it
             states = {name: s for name, h in stateful.items() if (s := h.state_dict()) is not None}
             save_checkpoint(checkpoint, Checkpoint(phase, cpu_state(model), state, history, states, config))
 
@@ -182,7 +183,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
                            batches(TensorBatches(f_train, train_set.labels), cfg.batch_size, shuffle=True,
                                    seed=cfg.seed, min_batches=min_batches),
                            batches(TensorBatches(f_val, val_set.labels), 1024, shuffle=False),
-                           cfg.seed + i, hooks=phase_hooks, deadline=deadline)
+                           cfg.seed + i, hooks=phase_hooks, deadline=deadline, shard=False)
             on_epoch = None  # seconds per epoch: checkpoint only when the phase ends
         else:
             start = _cacheable_layers(model, names, phase_hooks, cfg)
