@@ -129,9 +129,9 @@ def fit(config: FitConfig | str | Path | None = None, *, task: Task | None = Non
     run = Run(model.cpu().to(memory_format=torch.contiguous_format), prep.spec, out, metrics, prep.report,
               result.history, prep.tokenizer)
     if defence is not None and evaluate_test:  # what predict and eval will answer: the model behind its defence
-        logits = run.logits(task.test, batch_size=cfg.batch_size * 2, precision=cfg.precision)
+        defended = run.logits(task.test, batch_size=cfg.batch_size * 2, precision=cfg.precision)
         metrics["defended"] = {"defence": defence, "test": classification_metrics(
-            task.test.labels, logits.argmax(1).numpy(), task.labels)}
+            task.test.labels, defended.argmax(1).numpy(), task.labels)}
         log(f"with the {defence['name']} defence: test accuracy {metrics['defended']['test']['accuracy']:.4f}")
     for tracker in trackers:
         tracker.finish(metrics)
