@@ -15,7 +15,7 @@ PYTHON_SCRIPTS = {
     "step_overhead.py": "ratio mobilenet_v2=",
     "feature_cache.py": "cached features",
     "mnist_vs_hand.py": "time ratio xfer / hand-written",
-    "text_vs_trainer.py": "time ratio xfer / Trainer",
+    "text_vs_trainer.py": "ratio=",
     "seeds.py": "over 2 seeds",
     "cpu_choices.py": "MiniLM embedding tables",
     "tfidf_baseline.py": "TF-IDF (1-2-grams) + logistic regression",
