@@ -177,7 +177,14 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
         ctx.index = i
         min_batches = _min_batches(cfg, phase.epochs)
         if phase.cached_features:
-            loaders = [batches(d, 256, shuffle=False, num_workers=cfg.num_workers) for d in (train_set, val_set)]
+            sources = (train_set, val_set)
+            later = [_cacheable_layers(model, frozenset(p.trainable(model)), (*plan_hooks, *p.hooks), cfg)
+                     for p in plan.phases[i + 1:] if not p.cached_features]
+            if later and later[0]:  # a later phase needs the lower layers' outputs: the probe's features start there
+                if later[0] not in frozen_outputs:
+                    frozen_outputs[later[0]] = _frozen_outputs(model, sources, acc, later[0], cfg, log)
+                sources = frozen_outputs[later[0]]
+            loaders = [batches(d, 256, shuffle=False, num_workers=cfg.num_workers) for d in sources]
             f_train, f_val = probe_features(model, *loaders, acc, feature_key, cfg.bn_adapt, log)
             run = PhaseRun(phase, model.head, frozenset(n[len("head."):] for n in names),
                            batches(TensorBatches(f_train, train_set.labels), cfg.batch_size, shuffle=True,
