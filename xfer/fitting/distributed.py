@@ -73,9 +73,16 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
         offset += n
 
 
+def _device() -> torch.device:
+    """Where small collective tensors live: NCCL only moves GPU tensors, gloo CPU ones."""
+    if "nccl" in str(torch.distributed.get_backend()) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def sum_across(values: list[float]) -> list[float]:
     """Element-wise sums over processes (an epoch's loss, correct count and examples seen)."""
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
     torch.distributed.all_reduce(t)
     return t.tolist()
 
@@ -89,7 +96,7 @@ def broadcast_module(module: torch.nn.Module, buffers_only: bool = False) -> Non
 
 def any_across(flag: bool) -> bool:
     """True when any process says so (a spent time budget must stop every process at the same step)."""
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(t)
     return bool(t.item() > 0)
 

@@ -123,8 +123,13 @@ class Prepared:
         return TextBatches(split, self.tokenizer, prep)
 
     def feature_key(self, splits: list[Split], adapt_bn: bool, tag: str = "") -> str:
-        """Cache key of frozen-backbone features of `splits` through this source and preprocessing."""
-        return cache_key(feature_id(self.source, self.cfg.seed) + tag, splits, self.spec["prep"], adapt_bn)
+        """Cache key of frozen-backbone features of `splits` through this source, preprocessing and precision (bf16
+        features differ from fp32 ones in the last digits: a fit in one precision never reads the other's)."""
+        from xfer.fitting.device import resolve_precision
+
+        precision = resolve_precision(self.cfg.precision, self.model)
+        return cache_key(feature_id(self.source, self.cfg.seed) + tag + f"|{precision}", splits, self.spec["prep"],
+                         adapt_bn)
 
     def fresh_model(self) -> TransferModel:
         """The same architecture from random initialisation (seeded): the from-scratch baseline."""
