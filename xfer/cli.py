@@ -598,11 +598,13 @@ def render(data, out, count, **options):
 @cli.command()
 @click.option("--out", default=None, help="folder for the demo's two runs (default: runs/demo-<time>)")
 @click.option("--quiet", is_flag=True)
-def demo(out, quiet):
+@click.option("--precision", type=click.Choice(["auto", "bf16", "no"]), default="auto", show_default=True,
+              help="both jobs' precision (no: fp32, what a CPU without bf16 runs)")
+def demo(out, quiet, precision):
     """The embedded default: image and text transfer end to end, each against a from-scratch baseline, offline."""
     from xfer.tools.demo import run_demo
 
-    run_demo(out, quiet=quiet)
+    run_demo(out, quiet=quiet, precision=precision)
 
 
 def _open_run(run_dir):

@@ -290,7 +290,8 @@ HELP = {
     "lp_lr": "linear-probe learning rate (3e-3)",
     "partial_blocks": "partial: how many of the last backbone blocks train",
     "top_blocks": "fine-tuning phases (lp-ft, full, layer-decay, l2-sp, wise-ft) train only the top N backbone "
-                  "blocks (text: encoder layers) and the head (text default 3 of MiniLM's 6; image: all)",
+                  "blocks (text: encoder layers; their frozen lower layers then run once, see cache-frozen-layers) and "
+                  "the head (default: all)",
     "dropout": "dropout before the head (image 0, text 0.1)",
     "encoder_dropout": "text: the encoder's own hidden/attention dropout (default 0: ~1.4x faster CPU steps; see README)",
     "freeze_embeddings": "keep token/position embedding tables fixed while fine-tuning (text: on)",
