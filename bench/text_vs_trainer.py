@@ -6,8 +6,9 @@ where the CPU supports it, else fp32). The Trainer follows the common recipe: ma
 32, lr 5e-5, linear decay over 3 epochs (2 epochs ended at 83.85%, below the target). Its clock is paused every
 `--every` steps while its test accuracy is measured; it stops at the first check at or above the target, so its
 time to the target is the training time up to that check (an upper bound by at most 50 steps = 1,600 examples).
-xfer's time is its whole training time (feature pass, linear probe, fine-tuning) when its final test accuracy
-reaches the target. The last line is `ratio=<xfer seconds / Trainer seconds>`.
+xfer's time is its whole training time (feature pass, linear probe, fine-tuning). When xfer ends below the target,
+the Trainer is timed to xfer's own final accuracy instead (time to the same accuracy), and the output says so. The
+last line is `ratio=<xfer seconds / Trainer seconds>`.
 
     .venv/bin/python bench/text_vs_trainer.py [--target 0.84] [--every 50] [--epochs 3] [--skip-trainer] [--smoke]
 
@@ -123,19 +124,23 @@ def main():
     if args.skip_trainer:
         return
     task = load_task("builtin:rotten_tomatoes")
-    target, every, epochs = args.target, args.every, args.epochs
+    # The Trainer's clock runs until it reaches what xfer reached, capped at the target: time to the same accuracy.
+    target, every, epochs = min(args.target, xa), args.every, args.epochs
     if args.smoke:
         task = few_shot(task, 8)
         task = dataclasses.replace(task, test=task.test.subset(range(64)))
         target, every, epochs = 2.0, 1, 1  # unreachable: the Trainer runs its one epoch
     hf_dir = load_source(resolve_source("all-MiniLM-L6-v2")).hf_dir
     reached, trained, last, steps = trainer_time_to_target(task, hf_dir, bf16, target, every, epochs)
+    level = f"{target:.2%}" + ("" if target >= args.target else f" (xfer's accuracy; the {args.target:.0%} target "
+                                                                   f"was not reached by xfer)")
     if reached is None:
-        print(f"HF Trainer (full FT, {steps} steps): never reached {target:.0%} (last {last:.4f}) in {trained:.0f}s; "
+        print(f"HF Trainer (full FT, {steps} steps): never reached {level} (last {last:.4f}) in {trained:.0f}s; "
               f"the ratio below uses its whole time (a lower bound on the true ratio)")
         reached = trained
     else:
-        print(f"HF Trainer (full FT): {target:.0%} after {reached:.0f}s training ({steps} steps)")
+        print(f"HF Trainer (full FT): {level} after {reached:.0f}s training ({steps} steps)")
+    print(f"time to {target:.2%}: xfer {xt:.0f}s, Trainer {reached:.0f}s")
     print(f"ratio={xt / reached:.3f}")
 
 
