@@ -77,14 +77,14 @@ def test_the_test_split_is_read_once_for_the_best_configuration(tmp_path, monkey
         return real(split, prep)
 
     evaluated = []
-    real_eval = xfer.fitting.fit.evaluate
+    real_logits = xfer.fitting.fit.split_logits
 
-    def eval_spy(model, datasets, labels, cfg, splits=("val", "test")):
+    def logits_spy(model, datasets, cfg, splits=("val", "test")):
         evaluated.append(tuple(splits))
-        return real_eval(model, datasets, labels, cfg, splits)
+        return real_logits(model, datasets, cfg, splits)
 
     monkeypatch.setattr(xfer.fitting.prepare, "ImageBatches", spy)
-    monkeypatch.setattr(xfer.fitting.fit, "evaluate", eval_spy)
+    monkeypatch.setattr(xfer.fitting.fit, "split_logits", logits_spy)
     search(_cfg(data), study_name="t", out=tmp_path / "out", trials=3, space=SPACE, pruner="none",
            log=lambda m: None)
     assert built.count(20) == 4 and built.count(10) == 1  # 3 trials + the best; the test split once
