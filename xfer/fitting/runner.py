@@ -146,6 +146,12 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
     trained: set[str] = set()
     frozen_outputs: dict[int, tuple[HiddenBatches, HiddenBatches]] = {}
 
+    def lower_layers(start: int) -> tuple[HiddenBatches, HiddenBatches]:
+        """Train and validation outputs of the first `start` encoder layers, computed once per fit."""
+        if start not in frozen_outputs:
+            frozen_outputs[start] = _frozen_outputs(model, (train_set, val_set), acc, start, cfg, log)
+        return frozen_outputs[start]
+
     def save(phase: int, state: PhaseState | None) -> None:
         if checkpoint is not None and dist.is_main():  # every process holds the same state; one writes it
             states = {name: s for name, h in stateful.items() if (s := h.state_dict()) is not None}
@@ -181,9 +187,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
             later = [_cacheable_layers(model, frozenset(p.trainable(model)), (*plan_hooks, *p.hooks), cfg)
                      for p in plan.phases[i + 1:] if not p.cached_features]
             if later and later[0]:  # a later phase needs the lower layers' outputs: the probe's features start there
-                if later[0] not in frozen_outputs:
-                    frozen_outputs[later[0]] = _frozen_outputs(model, sources, acc, later[0], cfg, log)
-                sources = frozen_outputs[later[0]]
+                sources = lower_layers(later[0])
             loaders = [batches(d, 256, shuffle=False, num_workers=cfg.num_workers) for d in sources]
             f_train, f_val = probe_features(model, *loaders, acc, feature_key, cfg.bn_adapt, log)
             run = PhaseRun(phase, model.head, frozenset(n[len("head."):] for n in names),
@@ -195,9 +199,7 @@ def run_plan(model: TransferModel, plan: Plan, train_set, val_set, cfg: FitConfi
         else:
             start = _cacheable_layers(model, names, phase_hooks, cfg)
             if start:  # the frozen lower layers run once; every epoch trains the layers above on their outputs
-                if start not in frozen_outputs:
-                    frozen_outputs[start] = _frozen_outputs(model, (train_set, val_set), acc, start, cfg, log)
-                phase_train, phase_val = frozen_outputs[start]
+                phase_train, phase_val = lower_layers(start)
                 val = batches(phase_val, cfg.batch_size * 2, shuffle=False)
             else:
                 phase_train, val = train_set, full_val
