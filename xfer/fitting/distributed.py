@@ -120,11 +120,6 @@ def gather_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> torch
     return out
 
 
-def barrier() -> None:
-    if active():
-        torch.distributed.barrier()
-
-
 def launch(argv: list[str], processes: int) -> int:
     """Start `processes` workers of `xfer <argv>` on this machine with torchrun (a free port, gloo on CPUs, NCCL on
     GPUs) and wait for them; returns their exit status. For several machines run torchrun or `accelerate launch
