@@ -62,3 +62,10 @@ def test_cached_fit_ends_at_the_same_weights(tmp_path, monkeypatch, strategy, op
     a, b = cached.model.state_dict(), plain.model.state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     assert [r["val_accuracy"] for r in cached.history] == [r["val_accuracy"] for r in plain.history]
+
+
+def test_too_many_top_blocks_names_the_option(minilm):
+    _, model = minilm
+    cfg = xfer.FitConfig(data="x", top_blocks=99).resolved("text")
+    with pytest.raises(xfer.XferError, match=r"--top-blocks must be between 1 and \d+ for this model, got 99"):
+        make_plan("lp-ft", cfg).phases[1].trainable(model)

@@ -70,11 +70,11 @@ def fine_tuned(cfg) -> Selector:
     return lambda model: everything(model) - embedding_tables(model)
 
 
-def last_blocks(k: int) -> Selector:
+def last_blocks(k: int, option: str = "partial: --partial-blocks") -> Selector:
     def select(model: TransferModel) -> set[str]:
         groups = block_groups(model)
         if not 1 <= k <= len(groups):
-            raise XferError(f"partial: --partial-blocks must be between 1 and {len(groups)} for this model, got {k}.")
+            raise XferError(f"{option} must be between 1 and {len(groups)} for this model, got {k}.")
         return head_only(model) | {n for g in groups[-k:] for n in g}
 
     return select
@@ -227,7 +227,7 @@ def top_of(cfg, select: Selector) -> Selector:
     """`select` limited to the top `cfg.top_blocks` blocks and the head, when that option is set."""
     if not cfg.top_blocks:
         return select
-    top = last_blocks(cfg.top_blocks)
+    top = last_blocks(cfg.top_blocks, "--top-blocks")
     return lambda model: select(model) & top(model)
 
 
