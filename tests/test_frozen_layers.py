@@ -6,7 +6,7 @@ import torch
 
 import xfer
 from xfer.fitting.strategies import make_plan
-from xfer.models import build_text_model, encoder_layers, frozen_prefix
+from xfer.models import build_text_model, encoder_layers, frozen_prefix, stacked_layers
 from xfer.sources import load_source, resolve_source
 
 
@@ -38,11 +38,32 @@ def test_how_many_layers_can_be_cached(minilm, tmp_path):
     everything = {n for n, _ in model.named_parameters()}
     assert frozen_prefix(model, everything) == 0  # embeddings train
     noisy = build_text_model(hf_dir, 2, encoder_dropout=0.1)
-    assert frozen_prefix(noisy, names) == 0  # dropout in the lower layers: their outputs are not fixed
+    assert frozen_prefix(noisy, names) == 4  # frozen layers run without their dropout (set_trainable)
+
+
+def test_frozen_layers_run_without_dropout_trained_ones_keep_it(minilm):
+    """A frozen sub-network is a fixed feature extractor: no dropout in it; the layers that train keep theirs."""
+    from transformers import AutoTokenizer
+
+    from xfer.fitting.loop import set_trainable
+
+    hf_dir, _ = minilm
+    model = build_text_model(hf_dir, 2, dropout=0.0, encoder_dropout=0.1)
+    cfg = xfer.FitConfig(data="x", top_blocks=2).resolved("text")
+    set_trainable(model, make_plan("lp-ft", cfg).phases[1].trainable(model))
+    layers = stacked_layers(model.backbone)
+    assert not model.backbone.embeddings.training and not any(layer.training for layer in layers[:4])
+    assert all(layer.training for layer in layers[4:]) and model.training
+    enc = AutoTokenizer.from_pretrained(str(hf_dir))(["a good film"], return_tensors="pt")
+    with torch.no_grad():  # the lower layers give the same output twice, the trained ones do not
+        low = [encoder_layers(model.backbone, None, enc["attention_mask"], 0, 4, enc["input_ids"]) for _ in "ab"]
+        top = [model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}) for _ in "ab"]
+    assert torch.equal(*low) and not torch.equal(*top)
 
 
 @pytest.mark.parametrize("strategy,options", [("lp-ft", {"top_blocks": 2, "lp_epochs": 1}),
-                                              ("partial", {"partial_blocks": 3})])
+                                              ("partial", {"partial_blocks": 3}),
+                                              ("lp-ft", {"top_blocks": 2, "lp_epochs": 1, "encoder_dropout": 0.1})])
 def test_cached_fit_ends_at_the_same_weights(tmp_path, monkeypatch, strategy, options):
     from test_api import _text_csv
 

@@ -70,14 +70,11 @@ def encoder_layers(backbone: nn.Module, hidden: torch.Tensor | None, attention_m
 
 def frozen_prefix(model: TransferModel, trainable: set[str] | frozenset[str]) -> int:
     """How many lower encoder layers can be computed once for a phase that trains `trainable`: none of their
-    parameters (nor the embeddings') train and nothing random happens in them (no dropout). 0 when the model
-    is not a BERT-style text encoder, or its embeddings train."""
+    parameters (nor the embeddings') train. Frozen layers run without dropout (`loop.set_trainable`), so their
+    outputs are fixed. 0 when the model is not a BERT-style text encoder, or its embeddings train."""
     layers = stacked_layers(model.backbone) if model.modality == "text" else None
     training = {id(p) for n, p in model.named_parameters() if n in trainable}
     if layers is None or any(id(p) in training for p in model.backbone.embeddings.parameters()):
-        return 0
-    cfg = model.backbone.config
-    if getattr(cfg, "hidden_dropout_prob", 0.0) or getattr(cfg, "attention_probs_dropout_prob", 0.0):
         return 0
     k = 0
     for layer in layers:

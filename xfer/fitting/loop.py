@@ -44,11 +44,22 @@ class PhaseRun:
 
 
 def set_trainable(model: nn.Module, names: set[str], bn_policy: str = "auto") -> None:
-    """Freeze all but `names` and set BatchNorm modes: `auto` keeps the running statistics of BN layers whose
-    parameters are all frozen, `frozen` keeps every BN layer's statistics, `train` updates them all."""
+    """Freeze all but `names` and set module modes.
+
+    A frozen sub-network (every parameter in it frozen: embeddings, a lower encoder layer) runs as in evaluation,
+    without dropout: it is a fixed feature extractor, which also lets its outputs be computed once
+    (`models.frozen_prefix`). BatchNorm follows `bn_policy`: `auto` keeps the running statistics of BN layers whose
+    parameters are all frozen, `frozen` keeps every BN layer's statistics, `train` updates them all.
+    """
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)
     model.train()
+    for m in model.modules():
+        ps = list(m.parameters())
+        if ps and m.training and not any(p.requires_grad for p in ps):
+            for sub in m.modules():
+                if not isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                    sub.training = False
     if bn_policy == "train":
         return
     for m in model.modules():
