@@ -77,9 +77,26 @@ def test_best_epoch_weights_are_kept():
         states.append(_snapshot(model))
 
     train_one_phase(model, phase, on_epoch=on_epoch, channels_last=False)
-    best = int(np.argmax(seen))
+    best = len(seen) - 1 - int(np.argmax(seen[::-1]))  # the last of equally good epochs
     final = _snapshot(model)
     assert all(torch.equal(final[k], states[best][k]) for k in final)
+
+
+@pytest.mark.parametrize("patience,epochs_run", [(0, 3), (1, 2)])
+def test_a_tie_keeps_the_later_epoch_and_early_stopping_needs_a_gain(monkeypatch, patience, epochs_run):
+    import xfer.fitting.loop as loop
+
+    monkeypatch.setattr(loop, "accuracy", lambda logits, loader: 0.5)  # every epoch validates the same
+    torch.manual_seed(0)
+    model = build_image_model("resnet10t", num_classes=3)
+    config = FitConfig(data="x", strategy="full", epochs=3, lr=1e-3).resolved("image")
+    states = []
+    records = train_one_phase(model, make_plan("full", config).phases[0], channels_last=False, patience=patience,
+                              on_epoch=lambda rec, state: states.append(_snapshot(model)))
+    assert len(records) == epochs_run  # equal validation is no gain: patience 1 stops after the second epoch
+    final = _snapshot(model)
+    assert all(torch.equal(final[k], states[-1][k]) for k in final)
+    assert not all(torch.equal(states[0][k], states[-1][k]) for k in final)  # the epochs did differ
 
 
 def test_warmup_then_cosine_schedule():
