@@ -1,7 +1,11 @@
 """Short fits whose final weights are pinned in tests/data/fit_reference.json, so a change of the fitting code
 that changes any strategy's result is caught (test_fit_reference.py).
 
+Pins are kept per platform (torch version and the CPU's vector extensions): on a platform with its own pins the
+weights must match bit for bit; elsewhere only the logits are compared, within CROSS_PLATFORM_TOLERANCE.
+
     .venv/bin/python tests/fit_reference.py     # rewrite the reference, only after a deliberate change of results
+    .venv/bin/python tests/fit_reference.py --keep-other-platforms   # add this platform's pins, code unchanged
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import torch
 from PIL import Image
 
 REFERENCE = Path(__file__).parent / "data" / "fit_reference.json"
+# Short fits amplify kernel rounding: the same code's logits were up to 0.066 apart between an AMX Xeon and an
+# AVX512-BF16 EPYC (torch 2.14.1, fp32), so another platform's pins are a coarse check only.
+CROSS_PLATFORM_TOLERANCE = 0.15
 IMAGE_STRATEGIES = ("linear-probe", "full", "partial", "lp-ft", "layer-decay", "gradual-unfreeze", "l2-sp", "bitfit",
                     "lora", "wise-ft")
 FAST = dict(source="mobilenet_v2", image_size=32, batch_size=8, quiet=True, min_steps=0, epochs=2, lp_epochs=2,
@@ -84,14 +91,22 @@ def fits(tmp: Path):
 
 
 def main() -> None:
+    import argparse
+    import os
     import tempfile
 
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep-other-platforms", action="store_true",
+                    help="keep other platforms' pins (only when the fitting code has not changed since they were taken)")
+    args = ap.parse_args()
+    pins = json.loads(REFERENCE.read_text())["pins"] if args.keep_other_platforms and REFERENCE.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
-        ref = {"platform": platform_key(),
-               "fits": {name: fingerprint(run, probe) for name, run, probe in fits(Path(tmp))}}
+        pins[platform_key()] = {name: fingerprint(run, probe) for name, run, probe in fits(Path(tmp))}
     REFERENCE.parent.mkdir(exist_ok=True)
-    REFERENCE.write_text(json.dumps(ref, indent=1) + "\n")
-    print(f"wrote {REFERENCE} ({len(ref['fits'])} fits, {ref['platform']})", file=sys.stderr)
+    part = REFERENCE.with_suffix(".json.part")
+    part.write_text(json.dumps({"pins": pins}, indent=1) + "\n")
+    os.replace(part, REFERENCE)
+    print(f"wrote {REFERENCE} ({', '.join(f'{k}: {len(v)} fits' for k, v in pins.items())})", file=sys.stderr)
 
 
 if __name__ == "__main__":
