@@ -20,6 +20,7 @@ PYTHON_SCRIPTS = {
     "cpu_choices.py": "MiniLM embedding tables",
     "tfidf_baseline.py": "TF-IDF (1-2-grams) + logistic regression",
     "serve_load.py": "requests/s",
+    "gpu_check.py": "GPU check:",
 }
 SHELL_SCRIPTS = {
     "compare_strategies.sh": "Recommended:",
