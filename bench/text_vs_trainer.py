@@ -105,51 +105,44 @@ def trainer_time_to_target(task, hf_dir, bf16: bool, target: float, every: int, 
     return checks.reached, trained, checks.last, out.global_step
 
 
-def test_checker(task, tokenizer_dir, max_length: int, bf16: bool):
-    """`accuracy(model)`: test accuracy of an xfer TransferModel, computed in eval mode; every module's train/eval
-    mode is put back afterwards, so the fit continues exactly as it would have."""
-    import numpy as np
+def test_checker(task, tokenizer_dir, max_length: int):
+    """`accuracy(model, accelerator)`: test accuracy of an xfer model through xfer's own text batches and inference.
+    The fit must continue exactly as it would have without the check: iterating a DataLoader draws from torch's
+    global generator (the head's dropout reads it next), so the check runs on a forked generator; and inference
+    leaves the whole model in one mode, so every module's train/eval mode (frozen layers run in eval) is put back."""
     import torch
     from transformers import AutoTokenizer
 
-    enc = AutoTokenizer.from_pretrained(str(tokenizer_dir))(list(task.test.items), truncation=True,
-                                                            max_length=max_length)
-    order = np.argsort([len(x) for x in enc["input_ids"]])  # similar lengths together: little padding
+    from xfer.data.loaders import TextBatches, TextPrep, batches
+    from xfer.fitting.device import accuracy, predict_logits
 
-    def accuracy(model) -> float:
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    loader = batches(TextBatches(task.test, tokenizer, TextPrep(max_length)), 128, shuffle=False)
+
+    def check(model, accelerator) -> float:
         modes = {m: m.training for m in model.modules()}
-        model.eval()
-        right = 0
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            for s in range(0, len(order), 128):
-                idx = order[s:s + 128]
-                width = max(len(enc["input_ids"][i]) for i in idx)
-                ids = torch.zeros(len(idx), width, dtype=torch.long)
-                mask = torch.zeros(len(idx), width, dtype=torch.long)
-                for row, i in enumerate(idx):
-                    ids[row, :len(enc["input_ids"][i])] = torch.tensor(enc["input_ids"][i])
-                    mask[row, :len(enc["input_ids"][i])] = 1
-                pred = model({"input_ids": ids, "attention_mask": mask}).float().argmax(1).numpy()
-                right += int((pred == task.test.labels[idx]).sum())
-        for m, mode in modes.items():
-            m.training = mode
-        return right / len(order)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return accuracy(predict_logits(model, loader, accelerator), loader)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
 
-    return accuracy
+    return check
 
 
-def xfer_time_to_target(task, tokenizer_dir, bf16: bool, target: float, every: int, options: dict):
+def xfer_time_to_target(task, tokenizer_dir, target: float, every: int, options: dict):
     """(run, seconds to the first check at or above the target or None, seconds trained without the checks)."""
     import xfer
     from xfer.fitting.hooks import Hook
 
-    accuracy = test_checker(task, tokenizer_dir, options.get("max_length", 128), bf16)
+    accuracy = test_checker(task, tokenizer_dir, options.get("max_length", 128))
 
     class Checks(Hook):
         """Test accuracy every `every` whole-network steps, clock paused (cached-feature phases are not checked)."""
 
         def __init__(self):
-            self.t0 = self.model = self.reached = None
+            self.t0 = self.model = self.accelerator = self.reached = None
             self.paused, self.steps = 0.0, 0
 
         def trained(self) -> float:
@@ -159,6 +152,9 @@ def xfer_time_to_target(task, tokenizer_dir, bf16: bool, target: float, every: i
             self.model = model
             self.t0 = self.t0 or time.perf_counter()
 
+        def start(self, ctx):
+            self.accelerator = ctx.accelerator  # the fit's own device and autocast
+
         def after_backward(self, ctx):
             if ctx.module is not ctx.model:
                 return
@@ -166,7 +162,7 @@ def xfer_time_to_target(task, tokenizer_dir, bf16: bool, target: float, every: i
             if self.steps % every:
                 return
             trained, t0 = self.trained(), time.perf_counter()
-            acc = accuracy(self.model)
+            acc = accuracy(self.model, self.accelerator)
             self.paused += time.perf_counter() - t0
             print(f"  xfer step {self.steps} ({ctx.phase.name}): {trained:.0f}s trained, test accuracy {acc:.4f}",
                   flush=True)
@@ -176,7 +172,7 @@ def xfer_time_to_target(task, tokenizer_dir, bf16: bool, target: float, every: i
     checks = Checks()
     run = xfer.fit(data="builtin:rotten_tomatoes", save=False, quiet=True, hooks=(checks,), **options)
     trained = run.metrics["train_seconds"] - checks.paused
-    print(f"  the checks' measure of the final model: {accuracy(run.model):.4f} (the fit's own evaluation: "
+    print(f"  the checks' measure of the final model: {accuracy(run.model, checks.accelerator):.4f} (the fit's own evaluation: "
           f"{run.metrics['test']['accuracy']:.4f})", flush=True)
     if checks.reached is None and run.metrics["test"]["accuracy"] >= target:  # the final model is the last check
         checks.reached = trained
@@ -208,7 +204,7 @@ def main():
         task = few_shot(task, 8)
         task = dataclasses.replace(task, test=task.test.subset(range(64)))
         target, every, epochs = 2.0, 1, 1  # unreachable: the Trainer runs its one epoch
-    run, x_reached, xt = xfer_time_to_target(task, hf_dir, bf16, target, every, options)
+    run, x_reached, xt = xfer_time_to_target(task, hf_dir, target, every, options)
     xa = run.metrics["test"]["accuracy"]
     phases = ", ".join(f"{r['phase']} {r['epoch']}: {r['seconds']:.0f}s" for r in run.history
                        if r["phase"] != "linear-probe")

@@ -92,8 +92,9 @@ def fits(tmp: Path):
 
 def main() -> None:
     import argparse
-    import os
     import tempfile
+
+    from xfer.runs.folder import atomic_write
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep-other-platforms", action="store_true",
@@ -102,10 +103,7 @@ def main() -> None:
     pins = json.loads(REFERENCE.read_text())["pins"] if args.keep_other_platforms and REFERENCE.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         pins[platform_key()] = {name: fingerprint(run, probe) for name, run, probe in fits(Path(tmp))}
-    REFERENCE.parent.mkdir(exist_ok=True)
-    part = REFERENCE.with_suffix(".json.part")
-    part.write_text(json.dumps({"pins": pins}, indent=1) + "\n")
-    os.replace(part, REFERENCE)
+    atomic_write(REFERENCE, json.dumps({"pins": pins}, indent=1) + "\n")
     print(f"wrote {REFERENCE} ({', '.join(f'{k}: {len(v)} fits' for k, v in pins.items())})", file=sys.stderr)
 
 
