@@ -188,6 +188,12 @@ def main():
     ap.add_argument("--xfer", default="{}", help="fit options as JSON, to time a variant of the defaults")
     ap.add_argument("--smoke", action="store_true", help="seconds-long run on tiny inputs (checks the script works)")
     args = ap.parse_args()
+    try:
+        options = json.loads(args.xfer)
+    except json.JSONDecodeError as e:
+        ap.error(f"--xfer must be a JSON object of fit options, e.g. '{{\"epochs\": 3}}'; got {args.xfer!r} ({e})")
+    if not isinstance(options, dict):
+        ap.error(f"--xfer must be a JSON object of fit options, e.g. '{{\"epochs\": 3}}'; got {args.xfer!r}")
     os.environ.setdefault("XFER_CACHE_DIR", tempfile.mkdtemp())  # cold feature cache: the probe's pass is counted
     from xfer.data import load_task
     from xfer.data.task import few_shot
@@ -198,7 +204,7 @@ def main():
     print(f"precision: {'bf16' if bf16 else 'fp32'} (both sides)", flush=True)
     task = load_task("builtin:rotten_tomatoes")
     hf_dir = load_source(resolve_source("all-MiniLM-L6-v2")).hf_dir
-    options, target, every, epochs = json.loads(args.xfer), args.target, args.every, args.epochs
+    target, every, epochs = args.target, args.every, args.epochs
     if args.smoke:
         options.update(shots=8, epochs=1, lp_epochs=1, max_length=16, min_steps=0)
         task = few_shot(task, 8)
